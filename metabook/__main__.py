@@ -1,0 +1,3 @@
+from metabook.cli import main
+
+raise SystemExit(main())

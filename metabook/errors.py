@@ -1,0 +1,32 @@
+"""The exceptions metabook raises for problems in the user's input.
+
+Each message names the input at fault and what to do about it. The command
+line prints such an error as one line (no traceback unless ``--debug``).
+"""
+from __future__ import annotations
+
+__all__ = ["MetabookError", "TaskError", "CorpusError", "CheckpointError", "ConfigError", "TrainingError"]
+
+
+class MetabookError(Exception):
+    """Base class: a problem with what the user asked for, not a bug in metabook."""
+
+
+class TaskError(MetabookError, ValueError):
+    """A task cannot be built: too few classes or examples, or an empty source."""
+
+
+class CorpusError(MetabookError, ValueError):
+    """A corpus is unknown, not installed, malformed, or holds no usable text."""
+
+
+class CheckpointError(MetabookError, ValueError):
+    """A checkpoint is missing, truncated, corrupt, foreign, or of another shape or version."""
+
+
+class ConfigError(MetabookError, ValueError):
+    """A configuration has an unknown key or a value of the wrong type."""
+
+
+class TrainingError(MetabookError, RuntimeError):
+    """Training cannot go on (for example the loss became NaN or inf)."""

@@ -1,0 +1,62 @@
+"""The package metadata, the conda environment and the command line agree."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _normalise(spec: str) -> tuple[str, str]:
+    req = Requirement(spec)
+    return req.name.lower().replace("_", "-"), str(req.specifier)
+
+
+def _pyproject_requirements() -> set[tuple[str, str]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in ("book", "test"):
+        specs += project["optional-dependencies"][extra]
+    return {_normalise(s) for s in specs}
+
+
+def _environment_requirements() -> set[tuple[str, str]]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_lists = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(pip_lists) == 1, "environment.yml must have exactly one pip section"
+    return {_normalise(s) for s in pip_lists[0] if not s.startswith("-")}
+
+
+def test_environment_yml_matches_pyproject():
+    env, project = _environment_requirements(), _pyproject_requirements()
+    assert env - project == set(), f"only in environment.yml: {sorted(env - project)}"
+    assert project - env == set(), f"only in pyproject.toml: {sorted(project - env)}"
+
+
+def test_environment_yml_python_is_supported():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pythons = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    assert pythons == ["python=3.11"]
+
+
+def test_console_script_help():
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "metabook"), "--help"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "usage: metabook" in out
+    assert "datasets" in out
+
+
+def test_module_entry_point_reports_bad_input_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "metabook", "info", "--no-such-flag"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "unrecognized arguments" in proc.stderr
