@@ -38,7 +38,7 @@ book: $(STAMP)  ## execute every chapter and render the HTML book into _build/ht
 	@echo "Book: $(BUILD)/html/index.html"
 
 unit: $(STAMP)  ## unit tests of the package
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest -q
 
 notebooks: $(STAMP)  ## run every chapter under nbval (a cell that raises fails)
 	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 chapters -q -p no:cacheprovider

@@ -11,6 +11,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from metabook import corpora, errors
+from metabook import corpora, errors, scale, text
 
-__all__ = ["__version__", "corpora", "errors"]
+__all__ = ["__version__", "corpora", "errors", "scale", "text"]
