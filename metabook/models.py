@@ -1,0 +1,175 @@
+"""Models to meta-learn: small ones built here, and Hugging Face backbones.
+
+Every model maps a batch of inputs to a batch of outputs and exposes its
+parts the way the learners need them: ``encoder`` (inputs to features) and
+``head`` (features to logits). Nothing here is specific to meta-learning, which
+is the point: :mod:`metabook.learners` adapts any ``nn.Module``.
+
+    >>> model = ResidualMLP(in_dim=64, hidden=256, depth=3, out_dim=5)
+    >>> sum(p.numel() for p in model.parameters())
+    217349
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metabook.errors import ConfigError
+
+__all__ = ["ResidualMLP", "TextEncoder", "TextClassifier", "HFEncoder", "tiny_bert", "tiny_gpt2",
+           "tiny_xlnet", "BACKBONES"]
+
+
+class _Block(nn.Module):
+    """Pre-LayerNorm residual block: ``x + W2 σ(W1 LN(x))``."""
+
+    def __init__(self, dim: int, expansion: int = 1):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim * expansion)
+        self.fc2 = nn.Linear(dim * expansion, dim) if expansion != 1 else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.gelu(self.fc1(self.norm(x)))
+        return x + (self.fc2(h) if self.fc2 is not None else h)
+
+
+class ResidualMLP(nn.Module):
+    """A pre-LayerNorm residual MLP on feature vectors: ``encoder`` then a linear ``head``."""
+
+    def __init__(self, in_dim: int, hidden: int = 128, depth: int = 2, out_dim: int = 5):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(in_dim, hidden), *[_Block(hidden) for _ in range(depth)],
+                                     nn.LayerNorm(hidden))
+        self.head = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"model width {dim} must be divisible by the number of heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
+        # Written out rather than fused so that second-order gradients exist on every backend.
+        scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
+        return self.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class _TransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = _SelfAttention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x), keep)
+        return x + self.mlp(self.norm2(x))
+
+
+class TextEncoder(nn.Module):
+    """A small pre-LayerNorm transformer over token ids, mean-pooled over non-padding tokens.
+
+    Input: ``(batch, length)`` ids with ``pad_id`` as padding. Output: ``(batch, dim)``.
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 64, heads: int = 4, layers: int = 2,
+                 max_len: int = 64, pad_id: int = 0):
+        super().__init__()
+        self.pad_id, self.max_len = pad_id, max_len
+        self.tokens = nn.Embedding(vocab_size, dim)
+        self.positions = nn.Embedding(max_len, dim)
+        self.blocks = nn.ModuleList(_TransformerBlock(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if ids.shape[1] > self.max_len:
+            raise ConfigError(f"sequences of length {ids.shape[1]} exceed the encoder's "
+                              f"max_len={self.max_len}; cut them or build a longer encoder")
+        keep = ids != self.pad_id
+        x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks:
+            x = block(x, keep)
+        x = self.norm(x)
+        w = keep.unsqueeze(-1).to(x.dtype)
+        return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+class TextClassifier(nn.Module):
+    """``head(encoder(ids))``: any encoder to features, then a linear layer to ``n_classes``."""
+
+    def __init__(self, encoder: nn.Module, dim: int, n_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.encoder(ids))
+
+
+class HFEncoder(nn.Module):
+    """A Hugging Face ``transformers`` model used as an encoder: masked mean of its last hidden state."""
+
+    def __init__(self, model: nn.Module, pad_id: int = 0):
+        super().__init__()
+        self.model, self.pad_id = model, pad_id
+
+    def forward(self, ids: Tensor) -> Tensor:
+        keep = (ids != self.pad_id).long()
+        hidden = self.model(input_ids=ids, attention_mask=keep).last_hidden_state
+        w = keep.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def _eager(config):  # second-order gradients need the plain attention, not fused kernels
+    config._attn_implementation = "eager"
+    return config
+
+
+def tiny_bert(vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4,
+              max_len: int = 64, pad_id: int = 0) -> HFEncoder:
+    """A randomly initialised BERT encoder of the given size (no download)."""
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=2 * dim,
+                     max_position_embeddings=max_len, pad_token_id=pad_id,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return HFEncoder(BertModel(_eager(cfg), add_pooling_layer=False), pad_id)
+
+
+def tiny_gpt2(vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4,
+              max_len: int = 64, pad_id: int = 0) -> HFEncoder:
+    """A randomly initialised GPT-2 decoder used as an encoder (no download)."""
+    from transformers import GPT2Config, GPT2Model
+
+    cfg = GPT2Config(vocab_size=vocab_size, n_embd=dim, n_layer=layers, n_head=heads,
+                     n_positions=max_len, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     pad_token_id=pad_id, bos_token_id=pad_id, eos_token_id=pad_id)
+    return HFEncoder(GPT2Model(_eager(cfg)), pad_id)
+
+
+def tiny_xlnet(vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4,
+               max_len: int = 64, pad_id: int = 0) -> HFEncoder:
+    """A randomly initialised XLNet encoder (no download); ``max_len`` is unused (relative positions)."""
+    from transformers import XLNetConfig, XLNetModel
+
+    cfg = XLNetConfig(vocab_size=vocab_size, d_model=dim, n_layer=layers, n_head=heads,
+                      d_inner=2 * dim, dropout=0.0, pad_token_id=pad_id)
+    return HFEncoder(XLNetModel(_eager(cfg)), pad_id)
+
+
+BACKBONES = {"transformer": TextEncoder, "bert": tiny_bert, "gpt2": tiny_gpt2, "xlnet": tiny_xlnet}

@@ -1,0 +1,215 @@
+"""Meta-gradients of every learner, checked against finite differences or closed forms (float64)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metabook.adaptation import adapt, make_loss_fn, params_of
+from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile,
+                               accuracy)
+from metabook.models import TextClassifier, TextEncoder, tiny_bert, tiny_gpt2, tiny_xlnet
+from metabook.tasks import Task
+
+VOCAB, DIM, N_WAY = 23, 8, 3
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _text_task(length: int = 6, k: int = 2, q: int = 2, seed: int = 1) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (N_WAY * (k + q), length), generator=g)
+    ids[::3, -2:] = 0  # some padding, so the attention mask matters
+    y = torch.arange(N_WAY).repeat_interleave(k + q)
+    s = torch.cat([torch.arange(i * (k + q), i * (k + q) + k) for i in range(N_WAY)])
+    qi = torch.cat([torch.arange(i * (k + q) + k, (i + 1) * (k + q)) for i in range(N_WAY)])
+    return Task(ids[s], y[s], ids[qi], y[qi], classes=tuple(range(N_WAY)))
+
+
+def _attention_model() -> TextClassifier:
+    """A small model with attention and LayerNorm, the parts where batching bugs hide."""
+    return TextClassifier(TextEncoder(VOCAB, dim=DIM, heads=2, layers=1, max_len=8), DIM, N_WAY)
+
+
+def _finite_difference_check(learner: nn.Module, task: Task, directions: int = 3,
+                             eps: float = 1e-6, rtol: float = 1e-6) -> float:
+    """Compare ⟨∇L, v⟩ with (L(θ+εv) - L(θ-εv)) / 2ε along random directions v."""
+    params = [p for p in learner.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(learner.meta_loss(task), params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    worst = 0.0
+    gen = torch.Generator().manual_seed(123)
+    for _ in range(directions):
+        v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        analytic = sum((g * d).sum() for g, d in zip(grads, v)).item()
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.add_(eps * d)
+        plus = learner.meta_loss(task).item()
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.sub_(2 * eps * d)
+        minus = learner.meta_loss(task).item()
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.add_(eps * d)
+        numeric = (plus - minus) / (2 * eps)
+        err = abs(analytic - numeric) / max(1.0, abs(numeric))
+        worst = max(worst, err)
+        assert err < rtol, f"meta-gradient {analytic:.10g} vs finite difference {numeric:.10g}"
+    return worst
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_maml_meta_gradient_matches_finite_differences(steps):
+    _finite_difference_check(MAML(_attention_model(), lr=0.5, steps=steps), _text_task())
+
+
+def test_metasgd_meta_gradient_matches_finite_differences_for_weights_and_step_sizes():
+    learner = MetaSGD(_attention_model(), lr=0.3, steps=2)
+    task = _text_task()
+    _finite_difference_check(learner, task)
+    # the step sizes themselves receive a non-zero meta-gradient
+    learner.meta_loss(task).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.step_size.values())
+
+
+def test_anil_meta_gradient_matches_finite_differences():
+    model = _attention_model()
+    _finite_difference_check(ANIL(model.encoder, model.head, lr=0.5, steps=3), _text_task())
+
+
+@pytest.mark.parametrize("adapt_encoder", [True, False])
+def test_protomaml_meta_gradient_matches_finite_differences(adapt_encoder):
+    enc = TextEncoder(VOCAB, dim=DIM, heads=2, layers=1, max_len=8)
+    _finite_difference_check(ProtoMAML(enc, lr=0.1, steps=2, adapt_encoder=adapt_encoder),
+                             _text_task())
+
+
+def test_finite_difference_check_catches_a_wrong_gradient():
+    """The checker itself must fail when the gradient is wrong (here: first-order MAML)."""
+    with pytest.raises(AssertionError, match="finite difference"):
+        _finite_difference_check(FirstOrderMAML(_attention_model(), lr=0.5, steps=2), _text_task())
+
+
+class _Linear(nn.Module):
+    """``x @ θ``: a quadratic loss family with closed-form MAML gradients."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.theta = nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        return x @ self.theta
+
+
+def _sq(pred, y):
+    return 0.5 * (pred - y).pow(2).sum()
+
+
+def _quadratic_task(d: int = 4, seed: int = 0) -> tuple[Task, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    P, R = torch.randn(6, d, generator=g), torch.randn(5, d, generator=g)
+    p, r = torch.randn(6, generator=g), torch.randn(5, generator=g)
+    return Task(P, p, R, r), P, R
+
+
+def test_first_order_maml_drops_exactly_the_second_order_term():
+    task, P, R = _quadratic_task()
+    alpha = 0.05
+    model = _Linear(4)
+    theta = model.theta.detach().clone()
+    adapted = theta - alpha * P.T @ (P @ theta - task.support_y)
+    outer = R.T @ (R @ adapted - task.query_y)
+    maml_closed = (torch.eye(4) - alpha * P.T @ P) @ outer
+    fomaml_closed = outer
+
+    for learner, expected in [(MAML(model, lr=alpha, steps=1, loss=_sq), maml_closed),
+                              (FirstOrderMAML(model, lr=alpha, steps=1, loss=_sq), fomaml_closed)]:
+        model.theta.grad = None
+        learner.meta_loss(task).backward()
+        torch.testing.assert_close(model.theta.grad, expected, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(maml_closed, fomaml_closed)
+
+
+def test_reptile_update_equals_its_definition():
+    task, P, R = _quadratic_task()
+    lr, steps, eps = 0.02, 4, 0.5
+    model = _Linear(4)
+    theta0 = model.theta.detach().clone()
+    x, y = torch.cat([P, R]), torch.cat([task.support_y, task.query_y])
+    phi = theta0.clone()
+    for _ in range(steps):  # plain SGD on the task's examples, written out
+        phi = phi - lr * x.T @ (x @ phi - y)
+
+    learner = Reptile(model, lr=lr, steps=steps, loss=_sq)
+    opt = torch.optim.SGD(learner.parameters(), lr=eps)
+    learner.meta_loss(task).backward()
+    torch.testing.assert_close(model.theta.grad, theta0 - phi)
+    opt.step()
+    torch.testing.assert_close(model.theta.detach(), theta0 + eps * (phi - theta0))
+
+
+def test_protonet_logits_equal_the_closed_form():
+    enc = nn.Sequential(nn.Linear(5, 7), nn.Tanh())
+    x = torch.randn(9, 5)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    xq = torch.randn(4, 5)
+    learner = ProtoNet(enc)
+    logits = learner.predict(learner.adapt(x, y), xq)
+    z, zq = enc(x), enc(xq)
+    protos = torch.stack([z[y == k].mean(0) for k in range(3)])
+    expected = torch.stack([-((zq - c) ** 2).sum(-1) for c in protos], dim=1)
+    torch.testing.assert_close(logits, expected)
+
+
+def test_protomaml_head_starts_as_protonet():
+    """With zero inner steps ProtoMAML predicts exactly what ProtoNet does (up to a per-row constant)."""
+    enc = nn.Sequential(nn.Linear(5, 7), nn.Tanh())
+    x, y, xq = torch.randn(6, 5), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(3, 5)
+    proto = ProtoNet(enc)
+    pm = ProtoMAML(enc, steps=0)
+    a = proto.predict(proto.adapt(x, y), xq).log_softmax(-1)
+    b = pm.predict(pm.adapt(x, y), xq).log_softmax(-1)
+    torch.testing.assert_close(a, b)
+
+
+def test_clone_adapt_matches_functional_adapt():
+    model = _attention_model()
+    task = _text_task()
+    maml = MAML(model, lr=0.3, steps=2)
+    clone = maml.clone()
+    for _ in range(2):
+        clone.adapt(F.cross_entropy(clone(task.support_x), task.support_y))
+    reference = adapt(make_loss_fn(model, F.cross_entropy), params_of(model), task.support_x,
+                      task.support_y, steps=2, lr=0.3)
+    for name, value in reference.items():
+        torch.testing.assert_close(clone.params[name], value)
+
+
+def test_adaptation_reduces_support_loss_and_evaluate_reports_accuracy():
+    task = _text_task(k=3, q=3)
+    learner = MAML(_attention_model(), lr=0.5, steps=5)
+    before = F.cross_entropy(learner(task.support_x), task.support_y)
+    after = F.cross_entropy(learner.predict(learner.adapt(*task.support), task.support_x),
+                            task.support_y)
+    assert after < before
+    result = learner.evaluate(task)
+    assert set(result) == {"loss", "accuracy"} and 0.0 <= result["accuracy"] <= 1.0
+    assert accuracy(torch.eye(3), torch.tensor([0, 1, 2])) == 1.0
+
+
+@pytest.mark.parametrize("build", [tiny_bert, tiny_gpt2, tiny_xlnet], ids=["bert", "gpt2", "xlnet"])
+def test_maml_on_transformers_backbones_matches_finite_differences(build):
+    """Hugging Face models are meta-learned unchanged, with exact second-order gradients."""
+    enc = build(VOCAB, dim=DIM, layers=1, heads=2, max_len=8).double()  # XLNet makes some weights float32
+    learner = MAML(TextClassifier(enc, DIM, N_WAY), lr=0.1, steps=1)
+    _finite_difference_check(learner, _text_task(), directions=2)
