@@ -12,13 +12,19 @@ TORCH   ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP   := $(VENV)/.metabook-installed
 BUILD   := _build
+# MathJax 3 for reading offline: copied out of the django-static-mathjax wheel (a [book]
+# dependency) into a folder that _config.yml's html_extra_path puts at _build/html/_static/mathjax.
+MATHJAX := $(BUILD)/mathjax/_static/mathjax/tex-mml-chtml.js
+# The browser check drives Debian's chromium through chromium-driver (`make chromium` installs them).
+CHROMIUM     ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup book test unit notebooks book-strict bench clean
+.PHONY: help setup book test unit notebooks book-strict browser chromium bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,20 +39,37 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install metabook with the book and test extras
 
-book: $(STAMP)  ## execute every chapter and render the HTML book into _build/html
+$(MATHJAX): $(STAMP)
+	rm -rf $(BUILD)/mathjax && mkdir -p $(BUILD)/mathjax/_static
+	cp -R "$$($(PY) -c 'import mathjax, pathlib; print(pathlib.Path(mathjax.__file__).parent / "static/mathjax/es5")')" \
+	  $(BUILD)/mathjax/_static/mathjax
+	test -f $@
+
+chromium:  ## install Debian's chromium and chromium-driver for the browser check, if missing (needs root)
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "The browser check needs $(CHROMIUM) and $(CHROMEDRIVER): run as root" \
+	    "'apt-get install -y --no-install-recommends chromium chromium-driver'"; exit 1; fi; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
+
+book: $(STAMP) $(MATHJAX)  ## execute every chapter and render the HTML book into _build/html
 	$(VENV)/bin/jupyter-book build . --path-output . --keep-going
 	@echo "Book: $(BUILD)/html/index.html"
 
-unit: $(STAMP)  ## unit tests of the package
+unit: $(STAMP) chromium  ## unit tests of the package
 	$(PY) -m pytest -q
 
 notebooks: $(STAMP)  ## run every chapter under nbval (a cell that raises fails)
 	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 chapters -q -p no:cacheprovider
 
-book-strict: $(STAMP)  ## build the book, failing on any warning
-	$(VENV)/bin/jupyter-book build . --path-output . -W --keep-going
+book-strict: $(STAMP) $(MATHJAX)  ## build the book, failing on any warning
+	$(VENV)/bin/jupyter-book build . --path-output . --all -W --keep-going
 
-test: unit notebooks book-strict  ## unit tests, every notebook under nbval, and a warning-free book build
+browser: $(STAMP) chromium  ## open every page of the built book in headless Chromium; screenshots in _build/screenshots
+	$(PY) tests/browser/check_book.py --site $(BUILD)/html --config _config.yml --screenshots $(BUILD)/screenshots \
+	  --chromium $(CHROMIUM) --chromedriver $(CHROMEDRIVER)
+
+test: unit notebooks book-strict browser  ## unit tests, every notebook under nbval, a warning-free book build, the browser check
 	@echo "make test: all checks passed"
 
 clean:  ## remove the build output (keeps .venv)
