@@ -18,7 +18,6 @@ MATHJAX := $(BUILD)/mathjax/_static/mathjax/tex-mml-chtml.js
 # The browser check drives Debian's chromium through chromium-driver (`make chromium` installs them).
 CHROMIUM     ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1

@@ -9,24 +9,32 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
   prototypical networks and ProtoMAML behind one protocol;
 - :mod:`metabook.models`: small models and Hugging Face backbones to adapt;
 - :mod:`metabook.corpora` and :mod:`metabook.text`: real text that loads offline;
+- :mod:`metabook.ngrams` and :mod:`metabook.objectives`: n-gram models and the
+  masked and causal language-modelling objectives;
 - :mod:`metabook.scale`: one knob from a laptop-sized run to a GPU-sized one.
 """
+import warnings
 from importlib.metadata import PackageNotFoundError, version
+
+# `datasets` imports tqdm.auto, which warns inside a notebook when ipywidgets is absent;
+# metabook's own progress bars are plain text bars, so the warning only adds noise to pages.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 try:
     __version__ = version("metabook")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from metabook import adaptation, corpora, errors, learners, models, samplers, scale, tasks, text
+from metabook import (adaptation, corpora, errors, learners, models, ngrams, objectives, samplers,
+                      scale, tasks, text)
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile)
 from metabook.samplers import (CurriculumSampler, ProportionalSampler, TemperatureSampler,
                                UniformSampler)
 from metabook.tasks import EpisodeSource, SMLMTSource, Task
 
 __all__ = [
-    "__version__", "adaptation", "corpora", "errors", "learners", "models", "samplers", "scale",
-    "tasks", "text",
+    "__version__", "adaptation", "corpora", "errors", "learners", "models", "ngrams", "objectives",
+    "samplers", "scale", "tasks", "text",
     "MAML", "FirstOrderMAML", "MetaSGD", "Reptile", "ANIL", "ProtoNet", "ProtoMAML",
     "Task", "EpisodeSource", "SMLMTSource",
     "UniformSampler", "ProportionalSampler", "TemperatureSampler", "CurriculumSampler",
