@@ -78,13 +78,15 @@ class Learner(nn.Module):
         return torch.stack([self.meta_loss(t) for t in tasks]).mean()
 
     def evaluate(self, task: Task) -> dict[str, float]:
-        """Adapt on the support set, then report query loss and accuracy.
+        """Adapt on the support set, then report query loss (and accuracy, for class labels).
 
         No meta-graph is kept, so this is cheap enough for many episodes.
         """
         logits = self._eval_logits(task).detach()
-        return {"loss": float(self.loss(logits, task.query_y)),
-                "accuracy": accuracy(logits, task.query_y)}
+        result = {"loss": float(self.loss(logits, task.query_y))}
+        if not task.query_y.is_floating_point():  # accuracy means nothing for regression
+            result["accuracy"] = accuracy(logits, task.query_y)
+        return result
 
     def _eval_logits(self, task: Task) -> Tensor:
         with torch.enable_grad():

@@ -213,3 +213,11 @@ def test_maml_on_transformers_backbones_matches_finite_differences(build):
     enc = build(VOCAB, dim=DIM, layers=1, heads=2, max_len=8).double()  # XLNet makes some weights float32
     learner = MAML(TextClassifier(enc, DIM, N_WAY), lr=0.1, steps=1)
     _finite_difference_check(learner, _text_task(), directions=2)
+
+
+def test_evaluate_on_regression_reports_loss_only():
+    model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+    x = torch.linspace(-1, 1, 10).unsqueeze(1)
+    task = Task(x[:5], x[:5] ** 2, x[5:], x[5:] ** 2)
+    result = MAML(model, lr=0.1, steps=2, loss=F.mse_loss).evaluate(task)
+    assert set(result) == {"loss"} and result["loss"] > 0
