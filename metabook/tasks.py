@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from metabook.errors import TaskError
-from metabook.text import MASK, Vocab, words
+from metabook.text import MASK, Vocab, is_word, words
 
 __all__ = ["Task", "TaskSource", "EpisodeSource", "SMLMTSource", "pad_batch"]
 
@@ -190,7 +190,7 @@ class SMLMTSource:
         where: dict[str, list[int]] = defaultdict(list)
         for i, toks in enumerate(tokenised):
             for w in set(toks):
-                if len(w) >= min_word_length and w.isalpha() and w in vocab:
+                if len(w) >= min_word_length and is_word(w) and w in vocab:
                     where[w].append(i)
         self.words = sorted(w for w, idx in where.items() if len(idx) >= need)
         if len(self.words) < n_way:

