@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metabook import batching
 from metabook.adaptation import Params, adapt, params_of, sgd_step
 from metabook.errors import ConfigError
 from metabook.tasks import Task
@@ -97,17 +98,24 @@ class GradientLearner(Learner):
     """Adapts all (or some) parameters of ``model`` by ``steps`` of gradient descent.
 
     ``adapt_filter(name)`` selects the parameters the inner loop updates (all
-    by default); the others stay at their meta-learned values.
+    by default); the others stay at their meta-learned values. With
+    ``batched=True``, :meth:`meta_batch_loss` adapts all tasks of a meta-batch at
+    once (:mod:`metabook.batching`) when their shapes agree, and loops otherwise.
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, steps: int = 1,
                  first_order: bool = False, loss: Loss = F.cross_entropy,
-                 adapt_filter: Callable[[str], bool] | None = None):
+                 adapt_filter: Callable[[str], bool] | None = None, batched: bool = False):
         super().__init__(loss)
         if steps < 0:
             raise ConfigError(f"inner steps must be >= 0, got {steps}")
         self.model, self.lr, self.steps, self.first_order = model, lr, steps, first_order
-        self.adapt_filter = adapt_filter
+        self.adapt_filter, self.batched = adapt_filter, batched
+
+    def meta_batch_loss(self, tasks: Sequence[Task]) -> Tensor:
+        """Mean :meth:`meta_loss` over a meta-batch, all tasks at once if ``batched=True``."""
+        loss = batching.meta_batch_loss(self, tasks) if self.batched else None
+        return super().meta_batch_loss(tasks) if loss is None else loss
 
     def step_sizes(self) -> float | dict[str, Tensor]:
         """The inner learning rate(s) α (a dict of tensors for Meta-SGD)."""

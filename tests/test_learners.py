@@ -8,7 +8,7 @@ from torch import nn
 
 from metabook.adaptation import adapt, make_loss_fn, params_of
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile,
-                               accuracy)
+                               _prototypes, accuracy)
 from metabook.models import TextClassifier, TextEncoder, tiny_bert, tiny_gpt2, tiny_xlnet
 from metabook.tasks import Task
 
@@ -169,6 +169,46 @@ def test_protonet_logits_equal_the_closed_form():
     protos = torch.stack([z[y == k].mean(0) for k in range(3)])
     expected = torch.stack([-((zq - c) ** 2).sum(-1) for c in protos], dim=1)
     torch.testing.assert_close(logits, expected)
+
+
+def test_first_order_protomaml_holds_the_inner_displacement_constant():
+    """First-order ProtoMAML differentiates L(θ₀(θ) + D) with the inner displacement D fixed.
+
+    θ₀(θ) is the encoder plus the prototype head built from it, so the meta-gradient
+    still reaches the encoder through the prototypes; finite differences of that
+    function, with D computed once at the base point, must agree with backward().
+    """
+    enc = TextEncoder(VOCAB, dim=DIM, heads=2, layers=1, max_len=8)
+    learner = ProtoMAML(enc, lr=0.1, steps=2, first_order=True)
+    task = _text_task()
+
+    def start() -> dict[str, torch.Tensor]:
+        protos = _prototypes(enc(task.support_x), task.support_y, N_WAY)
+        return {**params_of(enc), "head.weight": 2 * protos, "head.bias": -protos.pow(2).sum(-1)}
+
+    base = start()
+    displacement = {n: (p - base[n]).detach()
+                    for n, p in learner.adapt(task.support_x, task.support_y).items()}
+
+    def fixed_displacement_loss() -> torch.Tensor:
+        s = start()
+        adapted = {n: s[n] + displacement[n] for n in s}
+        return F.cross_entropy(learner.predict(adapted, task.query_x), task.query_y)
+
+    class _Fixed(nn.Module):  # meta_loss() of the checker, with D held fixed
+        def __init__(self):
+            super().__init__()
+            self.enc = enc
+
+        def meta_loss(self, _task):
+            return fixed_displacement_loss()
+
+    params = list(enc.parameters())
+    grads = torch.autograd.grad(learner.meta_loss(task), params)
+    expected = torch.autograd.grad(fixed_displacement_loss(), params)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    _finite_difference_check(_Fixed(), task)
 
 
 def test_protomaml_head_starts_as_protonet():
