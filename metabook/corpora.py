@@ -625,3 +625,102 @@ register(
         loader=_load_fewrel,
     )
 )
+
+
+# --- the reader's own file ---------------------------------------------------------
+
+_FORMATS = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+def _read_lines(path: Path, encoding: str) -> list[str]:
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise CorpusError(f"text_file: {path} is a directory; pass the path of one file") from None
+    except OSError as err:
+        raise CorpusError(f"text_file: cannot read {path} ({err.strerror})") from None
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise CorpusError(
+            f"text_file: {path} is not valid {encoding} (byte {data[err.start]:#04x} at offset "
+            f"{err.start}); re-save it as UTF-8, or pass encoding= with the file's encoding "
+            f"(for example encoding='latin-1')") from None
+    return text.lstrip("\ufeff").splitlines()
+
+
+def _load_text_file(path: PathLike, format: str | None = None, text_column: str = "text",
+                    label_column: str | None = None, encoding: str = "utf-8") -> datasets.Dataset:
+    path = Path(path)
+    if not path.is_file() and not path.is_dir():
+        raise CorpusError(f"text_file: no file at {path}; check the path")
+    fmt = format or _FORMATS.get(path.suffix.lower())
+    if fmt not in ("txt", "csv", "tsv", "jsonl"):
+        raise CorpusError(f"text_file: cannot tell the format of {path.name}; name it .txt "
+                          f"(one sentence a line), .csv, .tsv or .jsonl, or pass "
+                          f"format='txt'|'csv'|'tsv'|'jsonl'")
+    lines = _read_lines(path, encoding)
+    columns = [text_column] + ([label_column] if label_column else [])
+    if fmt == "txt":
+        if label_column:
+            raise CorpusError("text_file: a .txt file has no columns, so label_column cannot "
+                              "be used; give the labels in a .csv, .tsv or .jsonl file")
+        rows = [{text_column: line} for line in lines]
+    elif fmt in ("csv", "tsv"):
+        reader = csv.DictReader(lines, delimiter="," if fmt == "csv" else "\t")
+        try:
+            rows = list(reader)
+        except csv.Error as err:
+            raise CorpusError(f"text_file: {path} is not valid {fmt.upper()} "
+                              f"(line {reader.line_num}: {err})") from None
+        found = reader.fieldnames or []
+        missing = [c for c in columns if c not in found]
+        if missing and rows:
+            raise CorpusError(f"text_file: {path} lacks the column(s) {missing} (its header is "
+                              f"{found}); pass text_column= and label_column= naming its columns")
+        if any(None in row or any(row.get(c) is None for c in columns) for row in rows):
+            bad = next(i for i, row in enumerate(rows, 2)
+                       if None in row or any(row.get(c) is None for c in columns))
+            raise CorpusError(f"text_file: line {bad} of {path} has another number of fields "
+                              f"than the header; the file may be truncated or use another "
+                              f"delimiter")
+    else:
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                last = number == len(lines)
+                raise CorpusError(f"text_file: line {number} of {path} is not valid JSON "
+                                  f"({err.msg}){'; the file looks truncated' if last else ''}; "
+                                  f"a .jsonl file holds one JSON object a line") from None
+            if not isinstance(row, dict) or any(c not in row for c in columns):
+                raise CorpusError(f"text_file: line {number} of {path} is not an object with "
+                                  f"the key(s) {columns}; pass text_column= and label_column= "
+                                  f"naming its keys")
+            rows.append(row)
+    kept = [r for r in rows if isinstance(r[text_column], str) and r[text_column].strip()]
+    if not kept:
+        raise CorpusError(f"text_file: {path} holds no text ({len(lines)} lines, none with "
+                          f"words in {text_column!r}); check that it is the file you meant")
+    out = {"text": [r[text_column].strip() for r in kept]}
+    if label_column:
+        out["label"] = [str(r[label_column]) for r in kept]
+    return datasets.Dataset.from_dict(out)
+
+
+register(
+    Corpus(
+        name="text_file",
+        description="your own text: a .txt file (one sentence a line), or a .csv, .tsv or .jsonl "
+                    "file with a text column and, optionally, a label column",
+        source="a local file you pass as path=",
+        license="yours: check the terms of the text you use",
+        languages=("any",),
+        domains=("any",),
+        size="as the file",
+        loader=_load_text_file,
+    )
+)

