@@ -22,6 +22,8 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Idle OpenMP threads sleep rather than spin, so small models stay fast on shared cores.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: help setup book test unit notebooks book-strict browser chromium bench clean
 

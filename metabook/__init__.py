@@ -17,8 +17,14 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
   masked and causal language-modelling objectives;
 - :mod:`metabook.scale`: one knob from a laptop-sized run to a GPU-sized one.
 """
+import os
 import warnings
 from importlib.metadata import PackageNotFoundError, version
+
+# Idle OpenMP threads sleep instead of spinning: on a machine whose cores are shared (CI,
+# Colab, a laptop running a browser) spinning threads slow small models down many times
+# over. libgomp reads this when torch is first imported, so it must come before that.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # `datasets` imports tqdm.auto, which warns inside a notebook when ipywidgets is absent;
 # metabook's own progress bars are plain text bars, so the warning only adds noise to pages.
