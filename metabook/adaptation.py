@@ -57,10 +57,8 @@ def sgd_step(loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr: StepSize
     """
     names = [n for n, p in params.items() if p.requires_grad]
     loss = loss_fn(params, x, y)
-    # retain_graph: the starting point may share a graph with the outer loss (ProtoMAML's
-    # head is built from the support features); this step's own graph is freed with `loss`.
     grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order,
-                                retain_graph=True, allow_unused=True)
+                                allow_unused=True)
     new = dict(params)
     for name, g in zip(names, grads):
         if g is not None:

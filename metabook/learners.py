@@ -320,9 +320,15 @@ class ProtoMAML(GradientLearner):
         first_order = self.first_order if first_order is None else first_order
         fast = {**(enc if self.adapt_encoder else {}), **head}
         frozen = {n: p for n, p in enc.items() if n not in fast}
-        adapted = adapt(lambda p, xb, yb: self._loss_fn({**frozen, **p}, xb, yb), fast, x, y,
-                        self.steps, self.lr, first_order)
-        return {**frozen, **adapted}
+        loss_fn = lambda p, xb, yb: self._loss_fn({**frozen, **p}, xb, yb)  # noqa: E731
+        if not first_order:
+            return {**frozen, **adapt(loss_fn, fast, x, y, self.steps, self.lr)}
+        # The head shares the support features' graph with the outer loss, so the inner
+        # loop runs on detached copies and its displacement is added as a constant:
+        # θ' = θ₀ + sg(θ'_J − θ₀). The meta-gradient still reaches the encoder through θ₀.
+        detached = {n: p.detach().requires_grad_() for n, p in fast.items()}
+        moved = adapt(loss_fn, detached, x, y, self.steps, self.lr, first_order=True)
+        return {**frozen, **{n: fast[n] + (moved[n] - detached[n]).detach() for n in fast}}
 
     def predict(self, state: Params, x: Tensor) -> Tensor:
         return self._logits(state, x)
