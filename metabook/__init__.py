@@ -6,7 +6,8 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
 - :mod:`metabook.tasks` and :mod:`metabook.samplers`: tasks and where they come from;
 - :mod:`metabook.adaptation`: the adaptation rule as functions on parameter dicts;
 - :mod:`metabook.learners`: MAML, first-order MAML, Meta-SGD, Reptile, ANIL,
-  prototypical networks and ProtoMAML behind one protocol;
+  prototypical networks and ProtoMAML behind one protocol; :mod:`metabook.implicit`:
+  implicit MAML, whose meta-gradient costs the same memory for any number of steps;
 - :mod:`metabook.models`: small models and Hugging Face backbones to adapt;
 - :mod:`metabook.batching`: all tasks of a meta-batch adapted in one batched computation;
 - :mod:`metabook.corpora`, :mod:`metabook.text` and :mod:`metabook.tokenization`: real
@@ -35,17 +36,18 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from metabook import (adaptation, batching, corpora, errors, hub, learners, models, ngrams,
-                      objectives, samplers, scale, synthetic, tasks, text, tokenization)
+from metabook import (adaptation, batching, corpora, errors, hub, implicit, learners, models,
+                      ngrams, objectives, samplers, scale, synthetic, tasks, text, tokenization)
+from metabook.implicit import IMAML
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile)
 from metabook.samplers import (CurriculumSampler, ProportionalSampler, TemperatureSampler,
                                UniformSampler)
 from metabook.tasks import EpisodeSource, SMLMTSource, Task
 
 __all__ = [
-    "__version__", "adaptation", "batching", "corpora", "errors", "hub", "learners", "models",
-    "ngrams", "objectives", "samplers", "scale", "synthetic", "tasks", "text", "tokenization",
-    "MAML", "FirstOrderMAML", "MetaSGD", "Reptile", "ANIL", "ProtoNet", "ProtoMAML",
+    "__version__", "adaptation", "batching", "corpora", "errors", "hub", "implicit", "learners",
+    "models", "ngrams", "objectives", "samplers", "scale", "synthetic", "tasks", "text", "tokenization",
+    "MAML", "FirstOrderMAML", "MetaSGD", "Reptile", "ANIL", "ProtoNet", "ProtoMAML", "IMAML",
     "Task", "EpisodeSource", "SMLMTSource",
     "UniformSampler", "ProportionalSampler", "TemperatureSampler", "CurriculumSampler",
 ]
