@@ -16,6 +16,12 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
   loaders of public benchmarks for readers who are online;
 - :mod:`metabook.ngrams` and :mod:`metabook.objectives`: n-gram models and the
   masked and causal language-modelling objectives;
+- :mod:`metabook.config`, :mod:`metabook.training`, :mod:`metabook.checkpoint`: a run's
+  settings, the meta-trainer with exact resume, and safe checkpoints;
+- :mod:`metabook.evaluation`, :mod:`metabook.baselines`, :mod:`metabook.pipeline`: accuracy
+  with 95% intervals, the baselines, and the end-to-end pipeline behind ``metabook
+  pretrain``, ``evaluate`` and ``reproduce chapter5`` (:mod:`metabook.cli`);
+- :mod:`metabook.distributed`: meta-batches split across processes;
 - :mod:`metabook.scale`: one knob from a laptop-sized run to a GPU-sized one.
 """
 import os
@@ -36,18 +42,22 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from metabook import (adaptation, batching, corpora, errors, hub, implicit, learners, models,
-                      ngrams, objectives, samplers, scale, synthetic, tasks, text, tokenization)
+from metabook import (adaptation, baselines, batching, checkpoint, config, corpora, distributed,
+                      errors, evaluation, hub, implicit, learners, models, ngrams, objectives,
+                      pipeline, samplers, scale, synthetic, tasks, text, tokenization, training)
 from metabook.implicit import IMAML
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile)
 from metabook.samplers import (CurriculumSampler, ProportionalSampler, TemperatureSampler,
                                UniformSampler)
 from metabook.tasks import EpisodeSource, SMLMTSource, Task
+from metabook.config import PretrainConfig
 
 __all__ = [
-    "__version__", "adaptation", "batching", "corpora", "errors", "hub", "implicit", "learners",
-    "models", "ngrams", "objectives", "samplers", "scale", "synthetic", "tasks", "text", "tokenization",
+    "__version__", "adaptation", "baselines", "batching", "checkpoint", "config", "corpora",
+    "distributed", "errors", "evaluation", "hub", "implicit", "learners", "models", "ngrams",
+    "objectives", "pipeline", "samplers", "scale", "synthetic", "tasks", "text", "tokenization",
+    "training",
     "MAML", "FirstOrderMAML", "MetaSGD", "Reptile", "ANIL", "ProtoNet", "ProtoMAML", "IMAML",
-    "Task", "EpisodeSource", "SMLMTSource",
+    "Task", "EpisodeSource", "SMLMTSource", "PretrainConfig",
     "UniformSampler", "ProportionalSampler", "TemperatureSampler", "CurriculumSampler",
 ]

@@ -1,14 +1,25 @@
-"""The ``metabook`` command line.
+"""The ``metabook`` command line (also ``python -m metabook``).
 
-Every subcommand has ``--help``. Errors that come from the user's input print
-one line naming the problem and exit with status 2; ``--debug`` shows the
-traceback instead.
+::
+
+    metabook pretrain [--config FILE] [--out DIR] [--steps N] [--resume] [--scale large]
+    metabook evaluate DIR [--episodes N] [--json]
+    metabook reproduce chapter5 [--out DIR]
+    metabook datasets
+    metabook info
+
+Every subcommand has ``--help``; the defaults are the small run that fits two
+CPU cores, and ``--scale large`` is the one switch to the GPU-sized run.
+Errors that come from the user's input print one line naming the problem and
+what to do, and exit with status 2; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from metabook.errors import MetabookError
@@ -41,6 +52,73 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace):  # -> PretrainConfig | None, imported lazily for speed
+    """The config that ``--config`` and ``--scale`` ask for; None when neither was given."""
+    from metabook.config import load_config
+
+    if args.config is None and args.scale is None:
+        return None
+    return load_config(args.config, scale=args.scale)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from metabook import pipeline
+
+    result = pipeline.pretrain(_config(args), args.out, steps=args.steps, resume=args.resume,
+                               progress=not args.quiet)
+    how = {"completed": "finished", "early_stopping": "stopped early (no validation gain)",
+           "already_done": "had already reached the requested step"}[result.stopped]
+    print(f"meta-pretraining {how} at step {result.step}; checkpoint: {result.checkpoint}")
+    if result.best_step is not None:
+        print(f"best validation accuracy {100 * result.best_score:.1f}% at step {result.best_step}")
+    print(f"next: metabook evaluate {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from metabook import pipeline
+
+    run = pipeline.load_run(args.run, args.checkpoint)
+    ev = pipeline.evaluate_run(run, args.episodes, progress=not (args.quiet or args.json))
+    before, after = ev.before_ci, ev.after_ci
+    c = run.config
+    if args.json:
+        print(json.dumps({
+            "run": str(run.out), "checkpoint": str(run.checkpoint), "step": run.step,
+            "episodes": before.n, "n_way": c.n_way, "k_shot": c.k_shot, "q_query": c.q_query,
+            "inner_steps": c.inner_steps,
+            "before": {"accuracy": before.mean, "ci95": before.half_width},
+            "after": {"accuracy": after.mean, "ci95": after.half_width}}, indent=2))
+        return 0
+    print(f"run {run.out} at {run.checkpoint.name} (step {run.step})")
+    print(f"{before.n} test episodes: {c.n_way}-way {c.k_shot}-shot, {c.q_query} queries per "
+          f"class, from {len(run.data.classes['test'])} classes held out of pretraining")
+    print(f"accuracy before adaptation: {before}  (%, mean ± 95% interval)")
+    print(f"accuracy after adaptation:  {after}  ({c.inner_steps} inner steps)")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from metabook import pipeline
+
+    out = Path(args.out or f"runs/{args.target}")
+    rows = pipeline.reproduce_chapter5(out, _config(args), minilm=not args.no_minilm,
+                                       progress=not args.quiet)
+    print(pipeline.markdown_table(rows))
+    print(pipeline.verdict(rows))
+    print(f"\nwritten: {out / 'results.json'}, {out / 'results.csv'}, {out / 'results.md'}")
+    return 0
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="JSON or YAML file of PretrainConfig keys over the defaults")
+    p.add_argument("--scale", choices=("small", "large"),
+                   help="defaults for 2 CPU cores (small, the default) or a GPU (large); "
+                        "overrides METABOOK_SCALE")
+    p.add_argument("--quiet", action="store_true", help="hide the progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -55,6 +133,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_info)
     p = sub.add_parser("datasets", help="list every corpus with its source and license")
     p.set_defaults(handler=_cmd_datasets)
+
+    p = sub.add_parser(
+        "pretrain", help="meta-pretrain a learner, with checkpoints and exact resume",
+        description="Meta-pretrain into OUT: config.json, vocab.json, log.jsonl (one JSON line "
+                    "per step) and checkpoints/ (safetensors + JSON). With --resume the run in "
+                    "OUT continues from its latest checkpoint exactly as if it had not stopped.")
+    _add_config_options(p)
+    p.add_argument("--out", default="runs/pretrain", metavar="DIR",
+                   help="output directory (default: %(default)s)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="train until step N in total (default: the config's steps)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(handler=_cmd_pretrain)
+
+    p = sub.add_parser(
+        "evaluate", help="accuracy of a run on held-out episodes, with 95%% intervals",
+        description="Adapt the run's learner to each held-out test episode and print its "
+                    "query accuracy before and after adaptation (mean ± half-width of the 95%% "
+                    "confidence interval).")
+    p.add_argument("run", metavar="DIR", help="a directory written by `metabook pretrain`")
+    p.add_argument("--episodes", type=int, metavar="N",
+                   help="number of test episodes (default: the run's test_episodes)")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="the best-validated checkpoint or the last one (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "reproduce", help="regenerate a chapter's results (chapter5: the comparison table)",
+        description="Train the meta-pretraining run and every baseline (or reuse those already "
+                    "in --out), measure all of them on the same test episodes, print the "
+                    "Markdown table and the verdict, and write results.{json,csv,md}.")
+    p.add_argument("target", choices=("chapter5",), help="what to reproduce")
+    _add_config_options(p)
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/TARGET)")
+    p.add_argument("--no-minilm", action="store_true",
+                   help="leave out the pretrained MiniLM baseline")
+    p.set_defaults(handler=_cmd_reproduce)
     return parser
 
 
@@ -66,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    if getattr(args, "steps", None) is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if getattr(args, "episodes", None) is not None and args.episodes < 2:
+        parser.error(f"--episodes must be at least 2 (a confidence interval needs two), "
+                     f"got {args.episodes}")
     try:
         return handler(args)
     except (MetabookError, OSError) as err:

@@ -1,0 +1,172 @@
+"""Measuring a learner on many held-out episodes, with confidence intervals.
+
+A few-shot accuracy is an average over episodes, and episodes differ a lot, so
+every number comes with the half-width of its 95% confidence interval:
+``mean ± 1.96 · s / √n``, where ``s`` is the sample standard deviation of the
+per-episode accuracies and ``n`` the number of episodes (the normal
+approximation, as is usual in the few-shot literature; with a few hundred
+episodes it is indistinguishable from Student's t)::
+
+    >>> iv = mean_ci([0.5, 0.7, 0.6, 0.8])
+    >>> round(iv.mean, 3), round(iv.half_width, 3)
+    (0.65, 0.127)
+    >>> print(iv)
+    65.0 ± 12.7
+
+Accuracy is measured *before* adaptation (zero inner gradient steps: for
+ProtoMAML that is the prototype classifier, for MAML a head that has not seen
+the task) and *after* it, and as curves over the number of shots ``K`` and the
+number of inner steps.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from tqdm import tqdm
+
+from metabook.errors import ConfigError
+from metabook.learners import GradientLearner, Learner, MetaSGD
+from metabook.tasks import Task, TaskSource
+
+__all__ = ["Z95", "Interval", "mean_ci", "draw_episodes", "adaptation", "accuracies",
+           "Evaluation", "evaluate", "curve"]
+
+#: The 97.5% quantile of the standard normal distribution.
+Z95 = statistics.NormalDist().inv_cdf(0.975)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with the half-width of its confidence interval, over ``n`` values."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+    def overlaps(self, other: "Interval") -> bool:
+        """Whether the two intervals share any value."""
+        return self.low <= other.high and other.low <= self.high
+
+    def __str__(self) -> str:
+        """As percentages: ``65.0 ± 12.7``."""
+        return f"{100 * self.mean:.1f} ± {100 * self.half_width:.1f}"
+
+
+def mean_ci(values: Sequence[float], z: float = Z95) -> Interval:
+    """Mean of ``values`` and the half-width ``z · s / √n`` of its confidence interval."""
+    values = [float(v) for v in values]
+    if len(values) < 2:
+        raise ConfigError(f"a confidence interval needs at least 2 values, got {len(values)}: "
+                          f"evaluate on more episodes")
+    return Interval(statistics.fmean(values), z * statistics.stdev(values) / math.sqrt(len(values)),
+                    len(values))
+
+
+def draw_episodes(source: TaskSource, n: int, seed: int) -> list[Task]:
+    """``n`` episodes from ``source`` with their own generator: the same seed, the same episodes.
+
+    >>> from metabook.tasks import EpisodeSource
+    >>> src = EpisodeSource(torch.arange(12.).view(12, 1), [i % 3 for i in range(12)], 2, 1, 1)
+    >>> [t.classes for t in draw_episodes(src, 2, seed=0)] == \\
+    ...     [t.classes for t in draw_episodes(src, 2, seed=0)]
+    True
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return [source.sample(generator) for _ in range(n)]
+
+
+@contextmanager
+def adaptation(learner: Learner, steps: int | None = None, lr: float | None = None
+               ) -> Iterator[Learner]:
+    """Temporarily change a gradient learner's inner ``steps`` and learning rate ``lr``.
+
+    ``None`` keeps the learner's own value. A learner without an inner loop
+    (ProtoNet) accepts only ``None``; Meta-SGD's step sizes are learned, so it
+    accepts no ``lr``.
+    """
+    if not isinstance(learner, GradientLearner):
+        if steps is not None or lr is not None:
+            raise ConfigError(f"{type(learner).__name__} adapts without gradient steps; it has "
+                              f"no inner steps or learning rate to change")
+        yield learner
+        return
+    if lr is not None and isinstance(learner, MetaSGD):
+        raise ConfigError("Meta-SGD learns its inner step sizes; they cannot be overridden")
+    if steps is not None and steps < 0:
+        raise ConfigError(f"inner steps must be >= 0, got {steps}")
+    saved = learner.steps, learner.lr
+    learner.steps = saved[0] if steps is None else steps
+    learner.lr = saved[1] if lr is None else lr
+    try:
+        yield learner
+    finally:
+        learner.steps, learner.lr = saved
+
+
+def accuracies(learner: Learner, episodes: Sequence[Task], steps: int | None = None,
+               lr: float | None = None, progress: bool = False, desc: str = "episodes"
+               ) -> list[float]:
+    """Query accuracy of ``learner`` on each episode after adapting to its support set."""
+    was_training = learner.training
+    first = next(learner.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    learner.eval()
+    try:
+        with adaptation(learner, steps, lr):
+            return [learner.evaluate(t.to(device))["accuracy"]
+                    for t in tqdm(episodes, desc=desc, disable=not progress, leave=False)]
+    finally:
+        learner.train(was_training)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy before (zero inner steps) and after adaptation, per episode and summarised."""
+
+    before: list[float]
+    after: list[float]
+
+    @property
+    def before_ci(self) -> Interval:
+        return mean_ci(self.before)
+
+    @property
+    def after_ci(self) -> Interval:
+        return mean_ci(self.after)
+
+
+def evaluate(learner: Learner, episodes: Sequence[Task], steps: int | None = None,
+             lr: float | None = None, progress: bool = False) -> Evaluation:
+    """Accuracy on ``episodes`` before adaptation and after ``steps`` inner steps.
+
+    For a learner without an inner loop (ProtoNet) the two are the same.
+    """
+    after = accuracies(learner, episodes, steps, lr, progress, desc="after adaptation")
+    if isinstance(learner, GradientLearner):
+        before = accuracies(learner, episodes, 0, progress=progress, desc="before adaptation")
+    else:
+        before = list(after)
+    return Evaluation(before, after)
+
+
+def curve(measure: Callable[[int], Sequence[float]], points: Sequence[int]
+          ) -> list[tuple[int, Interval]]:
+    """``[(x, mean_ci(measure(x))) for x in points]``: a curve over shots, steps or ways.
+
+    >>> [(x, round(iv.mean, 2)) for x, iv in curve(lambda k: [k / 10, k / 10 + 0.1], [1, 2])]
+    [(1, 0.15), (2, 0.25)]
+    """
+    return [(x, mean_ci(measure(x))) for x in points]

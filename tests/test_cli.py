@@ -1,0 +1,127 @@
+"""The command line, run as readers run it: the console script and ``python -m metabook``."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metabook import cli
+from metabook.errors import ConfigError
+
+BIN = Path(sys.executable).parent
+SCRIPT = BIN / "metabook"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, METABOOK_SCALE="small", HF_HUB_OFFLINE="1")
+    # Idle OpenMP threads sleep instead of spinning: on a busy shared machine spinning
+    # threads slow a two-thread run down tenfold. Results do not depend on it.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def _run(*args: str, cwd: Path, module: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "metabook"] if module else [str(SCRIPT)]
+    return subprocess.run(command + list(args), cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_resumed_run_leaves_byte_identical_weights(tmp_path):
+    """The done-when check: 20 steps straight = 10 steps, then --resume to 20."""
+    assert SCRIPT.is_file(), "the metabook console script is not installed in this environment"
+    a = _run("pretrain", "--steps", "20", "--out", "A", "--quiet", cwd=tmp_path)
+    assert a.returncode == 0, a.stderr
+    assert "meta-pretraining finished at step 20" in a.stdout
+    b = _run("pretrain", "--steps", "10", "--out", "B", "--quiet", cwd=tmp_path, module=True)
+    assert b.returncode == 0, b.stderr
+    b = _run("pretrain", "--steps", "20", "--out", "B", "--resume", "--quiet", cwd=tmp_path)
+    assert b.returncode == 0, b.stderr
+    weights = [tmp_path / run / "checkpoints/step-000020/model.safetensors" for run in "AB"]
+    assert weights[0].read_bytes() == weights[1].read_bytes()
+    assert json.loads((tmp_path / "B/checkpoints/latest.json").read_text())["latest"] == "step-000020"
+    assert "meta-pretraining" not in a.stderr  # --quiet hides the progress bar
+
+
+@pytest.mark.parametrize("command", [[], ["pretrain"], ["evaluate"], ["reproduce"], ["datasets"],
+                                     ["info"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(command + ["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: metabook")
+    expected = {"pretrain": ["--config", "--out", "--steps", "--resume", "--scale", "--quiet"],
+                "evaluate": ["--episodes", "--json"], "reproduce": ["chapter5", "--out"]}
+    for option in expected.get(command[0] if command else "", []):
+        assert option in text
+
+
+def test_python_dash_m_works(tmp_path):
+    result = _run("datasets", cwd=tmp_path, module=True)
+    assert result.returncode == 0 and "chatterbot" in result.stdout and "license" in result.stdout
+
+
+def _error(capsys, *argv: str) -> str:
+    assert cli.main(list(argv)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    line = _error(capsys, "pretrain", "--config", str(tmp_path / "missing.yaml"))
+    assert line.startswith("metabook pretrain: error: config file") and "does not exist" in line
+    (tmp_path / "typo.yaml").write_text("inner_step: 3\n")
+    line = _error(capsys, "pretrain", "--config", str(tmp_path / "typo.yaml"), "--out",
+                  str(tmp_path / "x"))
+    assert "unknown config key 'inner_step'" in line and "did you mean 'inner_steps'?" in line
+    line = _error(capsys, "evaluate", str(tmp_path / "nothing"))
+    assert "holds no metabook run" in line and "metabook pretrain --out" in line
+    line = _error(capsys, "pretrain", "--out", str(tmp_path / "y"), "--resume")
+    assert "holds no run to resume" in line and "drop --resume" in line
+
+
+def test_argument_errors_exit_non_zero(capsys):
+    for argv in (["pretrain", "--steps", "0"], ["pretrain", "--scale", "huge"],
+                 ["evaluate", "d", "--episodes", "1"], ["reproduce", "chapter6"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "typo.yaml").write_text("inner_step: 3\n")
+    with pytest.raises(ConfigError, match="inner_step"):
+        cli.main(["--debug", "pretrain", "--config", str(tmp_path / "typo.yaml")])
+
+
+TINY = {"dim": 16, "layers": 1, "heads": 2, "meta_batch": 2, "steps": 4, "eval_every": 2,
+        "checkpoint_every": 2, "val_episodes": 3, "test_episodes": 8, "max_len": 24}
+
+
+def test_pretrain_evaluate_reproduce(tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", "--config", str(config), "--out", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "at step 4" in out and "best validation accuracy" in out
+    assert cli.main(["evaluate", str(run), "--episodes", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 5 and result["n_way"] == 5
+    assert 0 <= result["before"]["accuracy"] <= 1 and result["after"]["ci95"] >= 0
+    assert cli.main(["evaluate", str(run), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "8 test episodes" in text and "before adaptation:" in text and "±" in text
+    assert cli.main(["reproduce", "chapter5", "--config", str(config), "--out",
+                     str(tmp_path / "r5"), "--no-minilm", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "| Meta-pretraining (ProtoMAML) + adaptation |" in text
+    assert "On 8 shared test episodes, meta-pretraining is" in text
+    assert all((tmp_path / "r5" / f"results.{ext}").is_file() for ext in ("json", "csv", "md"))

@@ -1,0 +1,114 @@
+"""Evaluation: confidence intervals checked by hand, before/after adaptation, curves."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from metabook.errors import ConfigError
+from metabook.evaluation import (Z95, Interval, adaptation, curve, draw_episodes, evaluate,
+                                 mean_ci)
+from metabook.learners import MAML, MetaSGD, ProtoMAML, ProtoNet
+from metabook.tasks import EpisodeSource
+
+
+def test_mean_ci_against_a_hand_computation():
+    # values 1, 0, 1, 1, 0: mean 0.6; squared deviations 0.16 * 3 + 0.36 * 2 = 1.2;
+    # sample variance 1.2 / 4 = 0.3; half-width 1.959964 * sqrt(0.3 / 5) = 1.959964 * 0.244949
+    iv = mean_ci([1, 0, 1, 1, 0])
+    assert iv.n == 5 and iv.mean == pytest.approx(0.6)
+    assert iv.half_width == pytest.approx(0.480091, abs=1e-6)
+    assert (iv.low, iv.high) == pytest.approx((0.6 - 0.480091, 0.6 + 0.480091), abs=1e-6)
+    assert Z95 == pytest.approx(1.959964, abs=1e-6)
+    assert str(iv) == "60.0 ± 48.0"
+    assert mean_ci([0.3, 0.3, 0.3]).half_width == 0.0
+    assert mean_ci([1, 0, 1, 1, 0], z=1.0).half_width == pytest.approx(math.sqrt(0.3 / 5))
+
+
+def test_mean_ci_needs_two_values():
+    with pytest.raises(ConfigError, match="at least 2 values"):
+        mean_ci([0.5])
+
+
+def test_interval_covers_the_truth_about_95_percent_of_the_time():
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(1000):
+        values = [float(rng.random() < 0.3) for _ in range(200)]
+        iv = mean_ci(values)
+        hits += iv.low <= 0.3 <= iv.high
+    assert 0.93 <= hits / 1000 <= 0.97
+
+
+def test_overlaps():
+    a, b, c = Interval(0.5, 0.1, 10), Interval(0.65, 0.1, 10), Interval(0.8, 0.05, 10)
+    assert a.overlaps(b) and b.overlaps(a) and not a.overlaps(c)
+
+
+def _source(noise: float = 1.0, k: int = 1, seed: int = 0) -> EpisodeSource:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(10, 8, generator=g) * 1.5
+    labels = [i % 10 for i in range(400)]
+    x = centres[labels] + noise * torch.randn(400, 8, generator=g)
+    return EpisodeSource(x, labels, 4, k, 5)
+
+
+def test_draw_episodes_depends_on_the_seed_only():
+    src = _source()
+    a, b = draw_episodes(src, 5, seed=1), draw_episodes(src, 5, seed=1)
+    c = draw_episodes(src, 5, seed=2)
+    assert all(torch.equal(x.support_x, y.support_x) and x.classes == y.classes for x, y in zip(a, b))
+    assert any(not torch.equal(x.support_x, y.support_x) for x, y in zip(a, c))
+
+
+def test_before_and_after_adaptation():
+    torch.manual_seed(0)
+    episodes = draw_episodes(_source(k=3), 40, seed=0)
+    maml = MAML(nn.Linear(8, 4), lr=0.5, steps=10)
+    ev = evaluate(maml, episodes)
+    assert len(ev.before) == len(ev.after) == 40
+    # an unadapted head knows nothing about the task; ten steps on the support set do
+    assert ev.before_ci.mean < 0.45 and ev.after_ci.mean > 0.8
+    assert ev.after_ci.low > ev.before_ci.high
+    assert maml.steps == 10 and maml.training  # evaluation leaves the learner as it was
+    proto = ProtoNet(nn.Identity())
+    ev = evaluate(proto, episodes)
+    assert ev.before == ev.after and ev.after_ci.mean > 0.8
+
+
+def test_adaptation_overrides_and_restores():
+    maml = MAML(nn.Linear(8, 4), lr=0.5, steps=3)
+    with adaptation(maml, steps=0, lr=0.1):
+        assert (maml.steps, maml.lr) == (0, 0.1)
+    assert (maml.steps, maml.lr) == (3, 0.5)
+    with pytest.raises(ConfigError, match="no inner steps or learning rate"):
+        with adaptation(ProtoNet(nn.Identity()), steps=2):
+            pass
+    with pytest.raises(ConfigError, match="learns its inner step sizes"):
+        with adaptation(MetaSGD(nn.Linear(8, 4)), lr=0.2):
+            pass
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        with adaptation(maml, steps=-1):
+            pass
+
+
+def test_curve_over_inner_steps_rises():
+    torch.manual_seed(0)
+    episodes = draw_episodes(_source(k=3), 30, seed=1)
+    learner = ProtoMAML(nn.Linear(8, 8), lr=0.1, steps=0)
+    points = curve(lambda s: evaluate(learner, episodes, steps=s).after, [0, 5, 20])
+    assert [x for x, _ in points] == [0, 5, 20]
+    means = [iv.mean for _, iv in points]
+    assert means[0] == pytest.approx(evaluate(learner, episodes).before_ci.mean)
+    assert means[2] >= means[0] and all(iv.n == 30 for _, iv in points)
+
+
+def test_curve_over_shots_rises():
+    learner = ProtoNet(nn.Identity())
+    points = curve(lambda k: evaluate(learner, draw_episodes(_source(noise=2.0, k=k), 60, 0)).after,
+                   [1, 10])
+    (_, one), (_, ten) = points
+    assert ten.low > one.high  # ten shots give far better prototypes than one
