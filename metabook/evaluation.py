@@ -34,7 +34,7 @@ from metabook.learners import GradientLearner, Learner, MetaSGD
 from metabook.tasks import Task, TaskSource
 
 __all__ = ["Z95", "Interval", "mean_ci", "draw_episodes", "adaptation", "accuracies",
-           "Evaluation", "evaluate", "curve"]
+           "Evaluation", "evaluate", "curve", "Choice", "select_adaptation"]
 
 #: The 97.5% quantile of the standard normal distribution.
 Z95 = statistics.NormalDist().inv_cdf(0.975)
@@ -170,3 +170,40 @@ def curve(measure: Callable[[int], Sequence[float]], points: Sequence[int]
     [(1, 0.15), (2, 0.25)]
     """
     return [(x, mean_ci(measure(x))) for x in points]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The inner ``steps`` and learning rate ``lr`` that scored best, with every score tried."""
+
+    steps: int | None
+    lr: float | None
+    score: float
+    scores: dict[tuple[int | None, float | None], float]
+
+
+def select_adaptation(learner: Learner, episodes: Sequence[Task], steps: Sequence[int],
+                      lrs: Sequence[float]) -> Choice:
+    """The inner steps and learning rate with the best mean accuracy on ``episodes``.
+
+    Run it on *validation* episodes, then measure the choice on test episodes:
+    every method of a comparison gets the same search, so none is held back by
+    a learning rate tuned for another. Ties go to the first setting tried; zero
+    steps are tried once (the learning rate does not matter there). A learner
+    without an inner loop has nothing to choose; Meta-SGD chooses only steps.
+
+    >>> from metabook.learners import ProtoNet
+    >>> select_adaptation(ProtoNet(torch.nn.Identity()), [], [1, 2], [0.1]).steps is None
+    True
+    """
+    if not isinstance(learner, GradientLearner):
+        return Choice(None, None, float("nan"), {})
+    lr_grid: Sequence[float | None] = [None] if isinstance(learner, MetaSGD) else lrs
+    grid = [(n, lr) for n in steps for lr in ([lr_grid[0]] if n == 0 else lr_grid)]
+    if not grid:
+        raise ConfigError("select_adaptation needs at least one number of steps and one "
+                          "learning rate to try")
+    scores = {(n, lr): statistics.fmean(accuracies(learner, episodes, n, lr))
+              for n, lr in grid}
+    (best_steps, best_lr), best = max(scores.items(), key=lambda kv: kv[1])
+    return Choice(best_steps, best_lr, best, scores)

@@ -10,7 +10,7 @@ from torch import nn
 
 from metabook.errors import ConfigError
 from metabook.evaluation import (Z95, Interval, adaptation, curve, draw_episodes, evaluate,
-                                 mean_ci)
+                                 mean_ci, select_adaptation)
 from metabook.learners import MAML, MetaSGD, ProtoMAML, ProtoNet
 from metabook.tasks import EpisodeSource
 
@@ -112,3 +112,18 @@ def test_curve_over_shots_rises():
                    [1, 10])
     (_, one), (_, ten) = points
     assert ten.low > one.high  # ten shots give far better prototypes than one
+
+
+def test_select_adaptation_picks_the_best_setting_on_the_given_episodes():
+    torch.manual_seed(0)
+    learner = MAML(nn.Linear(8, 4), lr=1e-4, steps=1)
+    episodes = draw_episodes(_source(noise=0.3, k=5), 20, seed=3)
+    choice = select_adaptation(learner, episodes, steps=[0, 5], lrs=[1e-4, 0.5])
+    assert set(choice.scores) == {(0, 1e-4), (5, 1e-4), (5, 0.5)}  # zero steps tried once
+    assert (choice.steps, choice.lr) == (5, 0.5)
+    assert choice.score == max(choice.scores.values()) > choice.scores[(0, 1e-4)] + 0.2
+    assert (learner.steps, learner.lr) == (1, 1e-4), "the learner's own settings are restored"
+    meta_sgd = select_adaptation(MetaSGD(nn.Linear(8, 4), lr=0.5), episodes, [0, 1], [0.1, 1.0])
+    assert set(meta_sgd.scores) == {(0, None), (1, None)}, "Meta-SGD's step sizes are learned"
+    with pytest.raises(ConfigError, match="at least one"):
+        select_adaptation(learner, episodes, steps=[], lrs=[0.1])
