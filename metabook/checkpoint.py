@@ -25,19 +25,30 @@ a crash mid-save leaves the previous checkpoint as it was::
 
 Any problem with a checkpoint (missing, truncated, corrupt, foreign, written
 by a newer metabook, or of another shape than the model) raises
-:class:`~metabook.errors.CheckpointError` naming the file and what to do.
+:class:`~metabook.errors.CheckpointError` naming the file and what to do. A
+save that the file system refuses (a full disk, a read-only or foreign folder)
+raises :class:`~metabook.errors.OutputError` naming the target::
+
+    >>> import errno
+    >>> with writing(Path("runs/x"), "checkpoint"):
+    ...     raise OSError(errno.ENOSPC, "No space left on device", "runs/x/.tmp/model.safetensors")
+    Traceback (most recent call last):
+    ...
+    metabook.errors.OutputError: cannot write checkpoint to runs/x: No space left on device; free some space or choose another output folder (--out)
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -45,11 +56,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from metabook.errors import CheckpointError
+from metabook.errors import CheckpointError, OutputError
 
 __all__ = ["FORMAT", "VERSION", "MODEL_FILE", "OPTIMIZER_FILE", "META_FILE", "Checkpoint",
            "save_checkpoint", "load_checkpoint", "load_into", "optimizer_to_tensors",
-           "optimizer_from_tensors", "rng_state", "set_rng_state", "write_json_atomic", "sha256"]
+           "optimizer_from_tensors", "rng_state", "set_rng_state", "write_json_atomic", "sha256",
+           "writing", "clean_partial_saves"]
 
 FORMAT = "metabook-checkpoint"
 #: Raised whenever the layout changes; a loader refuses versions newer than its own.
@@ -68,6 +80,33 @@ class Checkpoint:
 
 
 # --- files --------------------------------------------------------------------------------
+
+_ADVICE = {errno.ENOSPC: "free some space or choose another output folder (--out)",
+           errno.EDQUOT: "free some space or choose another output folder (--out)",
+           errno.EROFS: "choose an output folder (--out) on a writable disk",
+           errno.EACCES: "choose an output folder (--out) you may write to",
+           errno.EPERM: "choose an output folder (--out) you may write to"}
+
+
+@contextmanager
+def writing(path: str | Path, what: str = "") -> Iterator[None]:
+    """Turn an :class:`OSError` raised while writing ``what`` at ``path`` into an :class:`OutputError`.
+
+    The message names ``path`` (the file or directory the user knows, not the
+    temporary one the error came from), the system's reason and what to do.
+    """
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as err:
+        reason = err.strerror or str(err)
+        advice = _ADVICE.get(err.errno, "check the folder or choose another output folder (--out)")
+        target = f"{what} to {path}" if what else str(path)
+        error = OutputError(f"cannot write {target}: {reason}; {advice}")
+        error.errno = err.errno  # a filename too would make str() OSError's "[Errno n] ..." form
+        raise error from err
+
 
 def sha256(path: str | Path) -> str:
     """The hex sha256 of a file's bytes."""
@@ -97,16 +136,17 @@ def _write_json(path: Path, value: Any) -> None:
 def write_json_atomic(path: str | Path, value: Any) -> Path:
     """Write ``value`` as JSON to ``path`` so that readers see the old or the new file, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        _write_json(Path(tmp), value)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        os.close(fd)
+        try:
+            _write_json(Path(tmp), value)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync(path.parent)
     return path
 
 
@@ -196,6 +236,15 @@ def save_checkpoint(directory: str | Path, model_state: Mapping[str, Tensor],
     replaced only once the new one is complete on disk.
     """
     directory = Path(directory)
+    with writing(directory, "checkpoint"):
+        _save_atomically(directory, model_state, meta, optimizer_state)
+    return directory
+
+
+def _save_atomically(directory: Path, model_state: Mapping[str, Tensor],
+                     meta: Mapping[str, Any] | None,
+                     optimizer_state: Mapping[str, Any] | None) -> None:
+    """Write into a temporary directory beside ``directory``, then rename it into place."""
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
@@ -224,7 +273,31 @@ def save_checkpoint(directory: str | Path, model_state: Mapping[str, Tensor],
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
+
+
+def clean_partial_saves(parent: str | Path) -> list[Path]:
+    """Tidy up after saves into ``parent`` that a crash interrupted; returns what was removed.
+
+    A save killed before its rename leaves a ``.NAME.tmp-*`` directory (or a
+    JSON temporary file): never committed, so it is deleted. One killed
+    between the two renames of a replacement leaves the old checkpoint in
+    ``.NAME.old-*/NAME``: it is moved back when ``NAME`` is missing.
+    """
+    parent = Path(parent)
+    removed = []
+    for entry in sorted(parent.glob(".*.old-*")):
+        for old in entry.iterdir():
+            if not (parent / old.name).exists():
+                os.rename(old, parent / old.name)
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    for entry in sorted(parent.glob(".*.tmp-*")):
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:

@@ -10,13 +10,18 @@
 
 Every subcommand has ``--help``; the defaults are the small run that fits two
 CPU cores, and ``--scale large`` is the one switch to the GPU-sized run.
-Errors that come from the user's input print one line naming the problem and
-what to do, and exit with status 2; ``--debug`` shows the traceback instead.
+Errors that come from the user's input, or from a disk that refuses the
+output, print one line naming the problem and what to do, and exit with status
+2; ``--debug`` shows the traceback instead.
+
+``torchrun --nproc_per_node=2 -m metabook pretrain ...`` runs one shared job
+over two processes (see :mod:`metabook.distributed`); only process 0 prints.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -66,6 +71,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     result = pipeline.pretrain(_config(args), args.out, steps=args.steps, resume=args.resume,
                                progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, process 0 reports for all
+        return 0
     how = {"completed": "finished", "early_stopping": "stopped early (no validation gain)",
            "already_done": "had already reached the requested step"}[result.stopped]
     print(f"meta-pretraining {how} at step {result.step}; checkpoint: {result.checkpoint}")
@@ -194,5 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MetabookError, OSError) as err:
         if args.debug:
             raise
-        print(f"metabook {args.command}: error: {err}", file=sys.stderr)
+        print(f"metabook {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; a bare OSError (none of metabook's) as PATH: REASON."""
+    if isinstance(err, OSError) and not isinstance(err, MetabookError) and err.strerror:
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    else:
+        text = str(err)
+    return " ".join(text.split())

@@ -124,9 +124,10 @@ class PretrainConfig:
             raise ConfigError(f"config key 'dim' ({self.dim}) must be divisible by 'heads' "
                               f"({self.heads})")
         if self.val_classes < self.n_way or self.test_classes < self.n_way:
-            raise ConfigError(f"val_classes ({self.val_classes}) and test_classes "
-                              f"({self.test_classes}) must be at least n_way ({self.n_way}): an "
-                              f"N-way episode needs N classes")
+            raise ConfigError(f"config keys 'val_classes' ({self.val_classes}) and "
+                              f"'test_classes' ({self.test_classes}) must be at least n_way "
+                              f"({self.n_way}): an N-way episode needs N classes; raise them "
+                              f"or lower n_way")
 
     # --- construction -------------------------------------------------------------------
 
@@ -163,7 +164,12 @@ class PretrainConfig:
                 where = "" if source == "config" else f" in {source}"
                 raise ConfigError(f"unknown config key {key!r}{where}{hint}")
             checked[key] = _check_type(key, value, hints[key], source)
-        return cls(**checked)
+        try:
+            return cls(**checked)
+        except ConfigError as err:
+            if source == "config":
+                raise
+            raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "PretrainConfig":
@@ -249,6 +255,12 @@ def load_config(path: str | Path | None = None, scale: str | None = None,
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path} ({err.strerror}); pass the path "
+                              f"of a JSON or YAML file") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                              f"at offset {err.start}); save it as UTF-8 JSON or YAML") from None
         try:
             # YAML is a superset of JSON, so one parser reads both.
             loaded = yaml.safe_load(text)

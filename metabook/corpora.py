@@ -635,8 +635,6 @@ _FORMATS = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".js
 def _read_lines(path: Path, encoding: str) -> list[str]:
     try:
         data = path.read_bytes()
-    except IsADirectoryError:
-        raise CorpusError(f"text_file: {path} is a directory; pass the path of one file") from None
     except OSError as err:
         raise CorpusError(f"text_file: cannot read {path} ({err.strerror})") from None
     try:
@@ -651,8 +649,13 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
 
 def _load_text_file(path: PathLike, format: str | None = None, text_column: str = "text",
                     label_column: str | None = None, encoding: str = "utf-8") -> datasets.Dataset:
+    if not isinstance(path, (str, os.PathLike)):
+        raise CorpusError(f"text_file: path must be a file name, got {type(path).__name__} "
+                          f"{path!r}")
     path = Path(path)
-    if not path.is_file() and not path.is_dir():
+    if path.is_dir():
+        raise CorpusError(f"text_file: {path} is a directory; pass the path of one file")
+    if not path.is_file():
         raise CorpusError(f"text_file: no file at {path}; check the path")
     fmt = format or _FORMATS.get(path.suffix.lower())
     if fmt not in ("txt", "csv", "tsv", "jsonl"):
@@ -669,7 +672,8 @@ def _load_text_file(path: PathLike, format: str | None = None, text_column: str 
     elif fmt in ("csv", "tsv"):
         reader = csv.DictReader(lines, delimiter="," if fmt == "csv" else "\t")
         try:
-            rows = list(reader)
+            # A row of nothing but white space is a blank line, as in a .txt file.
+            rows = [r for r in reader if None in r or any((v or "").strip() for v in r.values())]
         except csv.Error as err:
             raise CorpusError(f"text_file: {path} is not valid {fmt.upper()} "
                               f"(line {reader.line_num}: {err})") from None

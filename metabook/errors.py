@@ -5,7 +5,8 @@ line prints such an error as one line (no traceback unless ``--debug``).
 """
 from __future__ import annotations
 
-__all__ = ["MetabookError", "TaskError", "CorpusError", "CheckpointError", "ConfigError", "TrainingError"]
+__all__ = ["MetabookError", "TaskError", "CorpusError", "CheckpointError", "ConfigError",
+           "TrainingError", "OutputError"]
 
 
 class MetabookError(Exception):
@@ -30,3 +31,11 @@ class ConfigError(MetabookError, ValueError):
 
 class TrainingError(MetabookError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or inf)."""
+
+
+class OutputError(MetabookError, OSError):
+    """A run's output cannot be written: the disk is full, or the folder is read-only or not ours.
+
+    Still an :class:`OSError` (with the original ``errno``), so code that
+    catches ``OSError`` around a save keeps working.
+    """

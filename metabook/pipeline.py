@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from metabook import corpora
+from metabook import corpora, distributed
 from metabook.baselines import (finetuner, load_minilm, minilm_embeddings,
                                 pretrain_lm, prototype_accuracies, trim_padding)
-from metabook.checkpoint import load_checkpoint, load_into, save_checkpoint, write_json_atomic
+from metabook.checkpoint import (load_checkpoint, load_into, save_checkpoint,
+                                 write_json_atomic, writing)
 from metabook.config import PretrainConfig, load_config
 from metabook.errors import CheckpointError, ConfigError
 from metabook.evaluation import (Evaluation, Interval, accuracies, curve, draw_episodes, evaluate,
@@ -94,9 +96,11 @@ def prepare_data(config: PretrainConfig) -> Data:
     be; only the training classes' sentences are used for pretraining.
     """
     ds = corpora.load(config.corpus, **config.corpus_options)
+    name = _corpus_name(config)
     if config.label_column not in ds.column_names:
-        raise ConfigError(f"corpus {config.corpus!r} has no column {config.label_column!r} for "
-                          f"label_column; its columns are {ds.column_names}")
+        raise ConfigError(f"{name} has no column {config.label_column!r} for label_column; its "
+                          f"columns are {ds.column_names}: set label_column to the one that "
+                          f"names the classes")
     first_label: dict[str, str] = {}
     for text, label in zip(ds["text"], ds[config.label_column]):
         first_label.setdefault(text.strip(), str(label))
@@ -109,9 +113,10 @@ def prepare_data(config: PretrainConfig) -> Data:
     held_out = config.test_classes + config.val_classes
     if len(kept) < held_out + config.n_way:
         raise ConfigError(
-            f"corpus {config.corpus!r} has {len(kept)} classes with at least K+Q={need} distinct "
-            f"sentences; test_classes + val_classes + n_way = {held_out + config.n_way} are needed: "
-            f"lower them, or k_shot/q_query")
+            f"{name} has {len(kept)} class(es) with at least K+Q={need} distinct sentences "
+            f"(of {len(by_class)} in all), but test_classes + val_classes + n_way = "
+            f"{held_out + config.n_way} are needed; lower those or k_shot/q_query, or use a "
+            f"corpus with more classes")
     order = list(kept)
     random.Random(config.split_seed).shuffle(order)
     classes = {"test": sorted(order[: config.test_classes]),
@@ -122,6 +127,12 @@ def prepare_data(config: PretrainConfig) -> Data:
     vocab = Vocab.build([words(t) for t in first_label], min_count=config.min_count)
     ids = {s: encode(texts[s], vocab, config.max_len) for s in classes}
     return Data(vocab, classes, texts, labels, ids, dropped)
+
+
+def _corpus_name(config: PretrainConfig) -> str:
+    """``corpus 'NAME'``, with the file it reads when the config names one (for messages)."""
+    path = config.corpus_options.get("path") or config.corpus_options.get("data_files")
+    return f"corpus {config.corpus!r}" + (f" ({path})" if path else "")
 
 
 def encode(texts: Sequence[str], vocab: Vocab, max_len: int) -> Tensor:
@@ -268,6 +279,12 @@ def pretrain(config: PretrainConfig | None = None, out: str | Path = "runs/pretr
     ``steps`` overrides ``config.steps`` (a total). With ``resume=True`` the
     run in ``out`` continues with the config it was started with; a ``config``
     given as well must agree with it except for ``steps``.
+
+    Launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment),
+    every process joins one job (gloo on the CPU, NCCL on GPUs): the weights
+    start as process 0's, each process computes its share of every meta-batch,
+    and only process 0 writes into ``out``, which every process must see (on
+    several machines: a shared file system) to resume.
     """
     out = Path(out)
     if resume:
@@ -287,6 +304,20 @@ def pretrain(config: PretrainConfig | None = None, out: str | Path = "runs/pretr
     config = config or PretrainConfig.for_scale()
     if steps is not None:
         config = config.replace(steps=steps)
+    device = device_for(config)
+    joined = not dist.is_initialized() and distributed.init_from_env(
+        "nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _pretrain(config, out, resume, progress, on_step, device)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _pretrain(config: PretrainConfig, out: Path, resume: bool, progress: bool,
+              on_step: Callable[[int, dict[str, Any]], None] | None,
+              device: torch.device) -> TrainResult:
+    """:func:`pretrain` once the config is settled and the process group (if any) joined."""
     data = prepare_data(config)
     vocab_path = out / "vocab.json"
     if resume:
@@ -300,16 +331,25 @@ def pretrain(config: PretrainConfig | None = None, out: str | Path = "runs/pretr
                           eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
                           patience=config.patience, keep_checkpoints=config.keep_checkpoints,
                           val_tasks=val, config=config.to_dict(), progress=progress,
-                          device=device_for(config), on_step=on_step)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_json_atomic(vocab_path, {"itos": data.vocab.itos})
-    write_json_atomic(out / "config.json", config.to_dict())
+                          device=device, on_step=on_step)
+    # Every process built the same weights from the seed; the broadcast (on the device, as
+    # NCCL needs) makes sure, and no process passes it before all have checked `out`
+    # above: process 0 writes into it only after this.
+    distributed.broadcast_parameters(trainer.learner)
+    if trainer.writer:
+        with writing(out, "the run"):
+            out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_json_atomic(vocab_path, {"itos": data.vocab.itos})
+        write_json_atomic(out / "config.json", config.to_dict())
     result = trainer.train(config.steps, resume=resume)
-    write_json_atomic(out / "result.json", {"step": result.step, "stopped": result.stopped,
-                                            "best_step": result.best_step,
-                                            "best_score": result.best_score,
-                                            "fingerprint": config.fingerprint()})
+    if trainer.writer:
+        write_json_atomic(out / "result.json", {"step": result.step, "stopped": result.stopped,
+                                                "best_step": result.best_step,
+                                                "best_score": result.best_score,
+                                                "fingerprint": config.fingerprint()})
+    # Nobody returns before the run's files are complete.
+    distributed.barrier()
     return result
 
 

@@ -17,6 +17,14 @@ step. Around that loop it
   the loss or the gradient is NaN or infinite, before the bad step changes
   anything, so the last checkpoint stays good.
 
+Under ``torchrun`` (a process group of several processes) every process draws
+the same meta-batch and computes the meta-loss of its share
+(:mod:`metabook.distributed`); the gradients are summed before clipping, the
+logged loss is the mean over the whole meta-batch, validation is split among
+the processes and its scores gathered, so every process takes the same
+decisions. Only process 0 writes the log and the checkpoints; on resume every
+process loads the same checkpoint.
+
 A resumed run restores the weights, the optimizer, the sampler and every
 random-number generator, so on a CPU ``N`` steps straight and ``N/2`` steps,
 a resume, and ``N/2`` more give bit-identical weights. No learning-rate
@@ -37,8 +45,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from metabook.checkpoint import (load_checkpoint, load_into, rng_state, save_checkpoint,
-                                 set_rng_state, write_json_atomic)
+from metabook import distributed
+from metabook.checkpoint import (clean_partial_saves, load_checkpoint, load_into, rng_state,
+                                 save_checkpoint, set_rng_state, write_json_atomic, writing)
 from metabook.errors import CheckpointError, TrainingError
 from metabook.learners import Learner
 from metabook.samplers import TaskSampler
@@ -61,11 +70,20 @@ class TrainResult:
 
 
 def read_log(out: str | Path) -> list[dict[str, Any]]:
-    """Every record of ``OUT/log.jsonl``, in order."""
+    """Every record of ``OUT/log.jsonl``, in order.
+
+    A last line without its newline was cut off by a crash mid-write: it is
+    left out (the step it records is redone on resume).
+    """
     path = Path(out) / "log.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        return [json.loads(line) for line in lines[:-1] if line]
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is corrupt ({err}); delete it or the broken lines "
+                              f"to resume") from None
 
 
 def _pointer(out: Path) -> dict[str, Any] | None:
@@ -115,6 +133,8 @@ class MetaTrainer:
                  device: torch.device | str = "cpu",
                  on_step: Callable[[int, dict[str, Any]], None] | None = None):
         self.learner, self.sampler, self.out = learner.to(device), sampler, Path(out)
+        # Process 0 writes; in a single process that is this one.
+        self.writer = distributed.rank() == 0
         self.meta_batch, self.clip_grad = meta_batch, clip_grad
         self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
         self.patience, self.keep = patience, keep_checkpoints
@@ -138,9 +158,12 @@ class MetaTrainer:
                 "bad_evals": self.bad_evals}
 
     def save(self) -> Path:
-        """Checkpoint the current step and point ``latest.json`` at it."""
+        """Checkpoint the current step and point ``latest.json`` at it (process 0 only)."""
         started = time.perf_counter()
         directory = self.out / "checkpoints" / f"step-{self.step:06d}"
+        self.last_checkpoint = directory
+        if not self.writer:
+            return directory
         meta = {"step": self.step, "learner": type(self.learner).__name__,
                 "config": self.config, "sampler": self.sampler.state_dict(),
                 "rng": rng_state(), "trainer": self._trainer_state()}
@@ -149,7 +172,6 @@ class MetaTrainer:
         write_json_atomic(self.out / "checkpoints" / POINTER,
                           {"latest": directory.name, "best": best, "step": self.step,
                            "best_score": self.best_score})
-        self.last_checkpoint = directory
         self._prune(keep={directory.name, best})
         self._log({"step": self.step, "event": "checkpoint", "path": str(directory),
                    "seconds": time.perf_counter() - started})
@@ -186,29 +208,41 @@ class MetaTrainer:
         self.bad_evals = state["bad_evals"]
         self.step = int(ckpt.meta["step"])
         self.last_checkpoint = ckpt.path
-        self._truncate_log(self.step)
+        if self.writer:
+            clean_partial_saves(self.out / "checkpoints")
+            self._truncate_log(self.step)
         return self.step
 
     def _truncate_log(self, step: int) -> None:
         # Steps after the checkpoint ran before the interruption and will run again.
         kept = [r for r in read_log(self.out) if r["step"] <= step]
-        tmp = self.log_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(self.log_path)
+        with writing(self.log_path, "the training log"):
+            tmp = self.log_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            tmp.replace(self.log_path)
 
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.log_path, "a", encoding="utf-8") as f:
+        if not self.writer:
+            return
+        with writing(self.log_path, "the training log"), \
+                open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     # --- validation -------------------------------------------------------------------
 
     def validate(self) -> float:
-        """Mean query accuracy on the validation tasks after adaptation."""
+        """Mean query accuracy on the validation tasks after adaptation.
+
+        Each process measures its share of the tasks; the scores are gathered
+        in task order and summed as one process would, so all agree exactly.
+        """
+        mine = distributed.shard(self.val_tasks, distributed.rank(), distributed.world_size())
         self.learner.eval()
         try:
-            scores = [self.learner.evaluate(t)["accuracy"] for t in self.val_tasks]
+            scores = [self.learner.evaluate(t)["accuracy"] for t in mine]
         finally:
             self.learner.train()
+        scores = distributed.gather_shards(scores, len(self.val_tasks))
         return sum(scores) / len(scores)
 
     def _validate_and_check(self) -> bool:
@@ -242,10 +276,13 @@ class MetaTrainer:
         started = time.perf_counter()
         tasks = [t.to(self.device) for t in self.sampler.sample_batch(self.meta_batch)]
         sampled = time.perf_counter()
-        loss = self.learner.meta_batch_loss(tasks)
-        self._check_finite("the meta-loss", float(loss.detach()), tasks)
+        # This process's share, weighted so that the shares of all processes sum to the mean.
+        loss = distributed.distributed_meta_loss(self.learner, tasks)
+        total = float(distributed.all_reduce_sum(loss.detach().clone()))
+        self._check_finite("the meta-loss", total, tasks)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_gradients(self.learner)
         params = [p for p in self.learner.parameters() if p.grad is not None]
         if self.clip_grad > 0:
             norm = float(nn.utils.clip_grad_norm_(params, self.clip_grad))
@@ -255,7 +292,7 @@ class MetaTrainer:
         self.optimizer.step()
         self.step += 1
         done = time.perf_counter()
-        return {"step": self.step, "loss": float(loss.detach()), "grad_norm": norm,
+        return {"step": self.step, "loss": total, "grad_norm": norm,
                 "sample_seconds": sampled - started, "step_seconds": done - sampled}
 
     def train(self, steps: int, resume: bool = False) -> TrainResult:
@@ -264,21 +301,24 @@ class MetaTrainer:
         With ``resume=True`` training continues from the latest checkpoint in
         ``out``; without it, ``out`` must not hold a run already.
         """
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            with writing(self.out, "the run"):
+                self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.restore()
         elif _pointer(self.out) is not None:
             raise CheckpointError(f"{self.out} already holds a run; resume it (--resume) or "
                                   f"choose another output directory")
-        else:
-            self.log_path.unlink(missing_ok=True)
+        elif self.writer:
+            with writing(self.log_path, "the training log"):
+                self.log_path.unlink(missing_ok=True)
         if self.step >= steps:
             return TrainResult(self.step, "already_done", self.best_step, self.best_score,
                                self.last_checkpoint or latest_checkpoint(self.out))
         stopped = "completed"
         self.learner.train()
         bar = tqdm(total=steps, initial=self.step, desc="meta-pretraining", unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=not (self.progress and self.writer), dynamic_ncols=True)
         try:
             while self.step < steps:
                 record = self._one_step()
