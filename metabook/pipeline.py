@@ -40,8 +40,8 @@ from metabook.checkpoint import (load_checkpoint, load_into, save_checkpoint,
                                  write_json_atomic, writing)
 from metabook.config import PretrainConfig, load_config
 from metabook.errors import CheckpointError, ConfigError
-from metabook.evaluation import (Evaluation, Interval, accuracies, curve, draw_episodes, evaluate,
-                                 mean_ci)
+from metabook.evaluation import (Choice, Evaluation, Interval, accuracies, curve, draw_episodes,
+                                 evaluate, mean_ci, select_adaptation)
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, GradientLearner, Learner, MetaSGD,
                                ProtoMAML, ProtoNet, Reptile)
 from metabook.models import BACKBONES, TextClassifier, TextEncoder
@@ -54,7 +54,7 @@ from metabook.training import (MetaTrainer, TrainResult, best_checkpoint, latest
 __all__ = ["Data", "prepare_data", "build_encoder", "build_learner", "encoder_of", "build_sampler",
            "episodes", "trim", "to_ids", "device_for", "pretrain", "Run", "load_run", "evaluate_run",
            "curve_over_shots", "curve_over_steps", "Row", "paired_difference", "compare",
-           "verdict", "reproduce_chapter5", "markdown_table"]
+           "adaptation_grid", "verdict", "reproduce_chapter5", "markdown_table"]
 
 # Episode streams get their own seeds, apart from the training seed, so that every
 # run and every baseline is measured on the very same validation and test episodes.
@@ -432,10 +432,11 @@ def curve_over_steps(run: Run, steps: Sequence[int], n_episodes: int | None = No
 class Row:
     """One method of the comparison, measured on the shared test episodes.
 
-    ``before``/``after``: per-episode accuracies with zero and with the
-    configured adaptation steps (``after`` is None for a method that is not
-    adapted); ``params``: trainable parameters of its encoder; ``seconds``:
-    its pretraining time (None when it was pretrained elsewhere).
+    ``before``/``after``: per-episode accuracies with zero inner steps and
+    with the adaptation chosen on validation episodes (``after`` is None for a
+    method that is not adapted); ``params``: trainable parameters of its
+    encoder; ``seconds``: its pretraining time (None when it was pretrained
+    elsewhere); ``choice``: the inner steps and learning rate that were chosen.
     """
 
     key: str
@@ -444,6 +445,7 @@ class Row:
     after: list[float] | None
     params: int
     seconds: float | None
+    choice: Choice | None = None
 
     @property
     def score(self) -> list[float]:
@@ -457,7 +459,9 @@ class Row:
                              "pretrain_seconds": None if self.seconds is None else round(self.seconds, 2),
                              "episodes": b.n,
                              "before": b.mean, "before_ci95": b.half_width,
-                             "after": a.mean if a else None, "after_ci95": a.half_width if a else None}
+                             "after": a.mean if a else None, "after_ci95": a.half_width if a else None,
+                             "inner_steps": self.choice.steps if self.choice else None,
+                             "inner_lr": self.choice.lr if self.choice else None}
         if reference is not None and reference is not self:
             diff = paired_difference(reference, self)
             d.update(meta_minus_this=diff.mean, meta_minus_this_ci95=diff.half_width)
@@ -528,20 +532,34 @@ def compare(run: Run, out: str | Path, n_episodes: int | None = None, minilm: bo
     Baseline encoders are pretrained with the run's budget (as many steps, on
     as many sentences per step, at the same learning rate, with the same
     validation-based choice of the best step) and cached under
-    ``out/baselines``. Each is adapted with :func:`metabook.baselines.finetuner`
-    using the run's inner steps and learning rate.
+    ``out/baselines``. Each is adapted with :func:`metabook.baselines.finetuner`.
+    Every adapted method, the meta-pretrained learner included, gets the same
+    search for its adaptation (:func:`adaptation_grid`, chosen on the validation
+    episodes with :func:`metabook.evaluation.select_adaptation`), so that no
+    method is measured with a learning rate that suits another.
     """
     out = Path(out)
     config, data = run.config, run.data
     index_tasks = run.test_episodes(n_episodes)
     tasks = to_ids(index_tasks, data.ids["test"], data.vocab.pad_id)
-    steps, lr = config.inner_steps, config.inner_lr
+    val = to_ids(episodes(data, "val", config.val_episodes, config.n_way, config.k_shot,
+                          config.q_query, VAL_SEED + config.split_seed), data.ids["val"],
+                 data.vocab.pad_id)
+    grid_steps, grid_lrs = adaptation_grid(config)
     rows = []
 
+    def measured(key: str, method: str, learner: Learner, params: int,
+                 seconds: float | None) -> Row:
+        choice = select_adaptation(learner, val, grid_steps, grid_lrs)
+        if choice.steps is None:  # nothing to adapt by gradient steps (ProtoNet)
+            ev = evaluate(learner, tasks, progress=progress)
+            return Row(key, method, ev.before, None, params, seconds)
+        ev = evaluate(learner, tasks, steps=choice.steps, lr=choice.lr, progress=progress)
+        return Row(key, method, ev.before, ev.after, params, seconds, choice)
+
     def adapted(key: str, method: str, encoder: nn.Module, seconds: float) -> Row:
-        learner = finetuner(encoder, steps, lr)
-        ev = evaluate(learner, tasks, progress=progress)
-        return Row(key, method, ev.before, ev.after, _count(encoder), seconds)
+        learner = finetuner(encoder, config.inner_steps, config.inner_lr)
+        return measured(key, method, learner, _count(encoder), seconds)
 
     fresh = build_encoder(config, len(data.vocab), data.vocab.pad_id).to(device_for(config))
     rows.append(adapted("none", "No pretraining + fine-tuning", fresh, 0.0))
@@ -551,10 +569,8 @@ def compare(run: Run, out: str | Path, n_episodes: int | None = None, minilm: bo
     enc, seconds = _baseline_encoder(run, out, "multitask", progress)
     rows.append(adapted("multitask", f"Multi-task pretraining ({lm_name} + classes) + fine-tuning",
                         enc, seconds))
-    ev = evaluate(run.learner, tasks, progress=progress)
-    meta_after = ev.after if isinstance(run.learner, GradientLearner) else None
-    rows.append(Row("meta", f"Meta-pretraining ({_LEARNER_NAMES[config.learner]}) + adaptation",
-                    ev.before, meta_after, _count(run.learner), _meta_seconds(run.out)))
+    rows.append(measured("meta", f"Meta-pretraining ({_LEARNER_NAMES[config.learner]}) + "
+                         f"adaptation", run.learner, _count(run.learner), _meta_seconds(run.out)))
     if minilm:
         tokenizer, model = load_minilm()
         emb = minilm_embeddings(data.texts["test"], tokenizer, model, progress=progress)
@@ -568,17 +584,41 @@ _LEARNER_NAMES = {"maml": "MAML", "fomaml": "first-order MAML", "metasgd": "Meta
                   "protomaml": "ProtoMAML"}
 
 
+def adaptation_grid(config: PretrainConfig) -> tuple[list[int], list[float]]:
+    """The inner steps and learning rates every method's adaptation is chosen from.
+
+    Zero steps (the prototype classifier), the config's steps and twice as
+    many; the config's learning rate and a factor of three either side.
+
+    >>> adaptation_grid(PretrainConfig(inner_steps=2, inner_lr=0.1))
+    ([0, 2, 4], [0.03333333333333333, 0.1, 0.30000000000000004])
+    """
+    return (sorted({0, config.inner_steps, 2 * config.inner_steps}),
+            [config.inner_lr / 3, config.inner_lr, config.inner_lr * 3])
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     """The comparison as a Markdown table (accuracy in %, ± the 95% interval's half-width)."""
     meta = next((r for r in rows if r.key == "meta"), None)
-    head = ("| method | parameters | before adaptation | after adaptation | "
-            "meta-pretraining minus method (paired) |\n|---|---:|---:|---:|---:|\n")
+    head = ("| method | parameters | before adaptation | after adaptation | adaptation chosen "
+            "on validation | meta-pretraining minus method (paired) |\n"
+            "|---|---:|---:|---:|---|---:|\n")
     lines = []
     for r in rows:
         after = str(mean_ci(r.after)) if r.after is not None else "—"
         diff = "—" if meta is None or r is meta else _signed(paired_difference(meta, r))
-        lines.append(f"| {r.method} | {r.params:,} | {mean_ci(r.before)} | {after} | {diff} |")
+        lines.append(f"| {r.method} | {r.params:,} | {mean_ci(r.before)} | {after} | "
+                     f"{_describe(r.choice)} | {diff} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _describe(choice: Choice | None) -> str:
+    if choice is None:
+        return "—"
+    if choice.steps == 0:
+        return "0 steps (prototypes)"
+    lr = "learned step sizes" if choice.lr is None else f"lr {choice.lr:.3g}"
+    return f"{choice.steps} steps, {lr}"
 
 
 def _signed(iv: Interval) -> str:

@@ -9,7 +9,8 @@ import torch
 import metabook.pipeline as pipeline
 from metabook.config import LEARNERS, PretrainConfig
 from metabook.errors import CheckpointError, ConfigError
-from metabook.pipeline import (Row, build_learner, build_sampler, compare, curve_over_shots,
+from metabook.evaluation import Choice
+from metabook.pipeline import (Row, adaptation_grid, build_learner, build_sampler, compare, curve_over_shots,
                                curve_over_steps, episodes, evaluate_run, load_run,
                                markdown_table, prepare_data, pretrain, reproduce_chapter5, to_ids,
                                trim, verdict)
@@ -154,7 +155,15 @@ def test_compare_measures_every_method_on_the_same_episodes(run, tmp_path, monke
         index_seen.append(tasks)
         return [0.5] * len(tasks)
 
+    chosen_on = []
+    real_select = pipeline.select_adaptation
+
+    def spy_select(learner, tasks, steps, lrs):
+        chosen_on.append(tasks)
+        return real_select(learner, tasks, steps, lrs)
+
     monkeypatch.setattr(pipeline, "evaluate", spy)
+    monkeypatch.setattr(pipeline, "select_adaptation", spy_select)
     monkeypatch.setattr(pipeline, "load_minilm", lambda: (None, torch.nn.Linear(2, 2)))
     monkeypatch.setattr(pipeline, "minilm_embeddings", fake_minilm_embeddings)
     monkeypatch.setattr(pipeline, "prototype_accuracies", spy_prototypes)
@@ -168,6 +177,14 @@ def test_compare_measures_every_method_on_the_same_episodes(run, tmp_path, monke
     for a, b in zip(seen[0], to_ids(index_seen[0], run.data.ids["test"])):
         assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
     assert (tmp_path / "baselines" / "mlm" / "model.safetensors").is_file()
+    # every adapted method chose its adaptation from the same grid, on validation episodes
+    steps, lrs = adaptation_grid(run.config)
+    assert len(chosen_on) == 4
+    val_classes = set(run.data.classes["val"])
+    for tasks in chosen_on:
+        assert tasks is chosen_on[0] and all(set(t.classes) <= val_classes for t in tasks)
+    for r in rows[:4]:
+        assert r.choice.steps in steps and (r.choice.steps == 0 or r.choice.lr in lrs)
 
 
 def _row(key, after):
@@ -184,8 +201,13 @@ def test_verdict_and_table():
     assert "not distinguishable from SAME" in text and "worse than BETTER (-25.0 points" in text
     table = markdown_table(rows).splitlines()
     assert table[0].startswith("| method | parameters | before adaptation | after adaptation |")
-    assert table[2] == "| WORSE | 10 | 50.0 ± 8.0 | 50.0 ± 8.0 | +20.0 ± 0.0 |"
-    assert table[-1].endswith("| 70.0 ± 8.0 | 70.0 ± 8.0 | — |")
+    assert table[2] == "| WORSE | 10 | 50.0 ± 8.0 | 50.0 ± 8.0 | — | +20.0 ± 0.0 |"
+    assert table[-1].endswith("| 70.0 ± 8.0 | 70.0 ± 8.0 | — | — |")
+    chosen = [Choice(4, 0.3, 0.9, {}), Choice(0, 0.1, 0.8, {}), Choice(2, None, 0.7, {})]
+    described = [markdown_table([Row("x", "X", [0.5, 0.6], [0.5, 0.6], 1, None, c)]).splitlines()[2]
+                 for c in chosen]
+    assert [d.split(" | ")[4] for d in described] == \
+        ["4 steps, lr 0.3", "0 steps (prototypes)", "2 steps, learned step sizes"]
 
 
 def test_reproduce_chapter5_writes_and_reuses(run, tmp_path, monkeypatch):
