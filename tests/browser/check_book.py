@@ -217,7 +217,10 @@ Promise.all([settle(decoded, 10000), settle(typeset.catch(() => null), 10000)]).
   const outcome = results || [];
   const math = Array.from(document.querySelectorAll('.math'));
   const cells = Array.from(document.querySelectorAll('div.cell'));
-  const text = el => (el.innerText || el.textContent || '').trim().replace(/\\s+/g, ' ').slice(0, 120);
+  // Cut by code points: a cut inside a surrogate pair (MathJax's math italic letters are
+  // outside the BMP) makes a string the driver cannot deserialize.
+  const text = el => Array.from((el.innerText || el.textContent || '').trim().replace(/\\s+/g, ' '))
+    .slice(0, 120).join('');
   const hasContent = el => text(el) !== '' ||
     el.querySelector('img, svg, canvas, table, iframe, video, mjx-container') !== null;
   done({

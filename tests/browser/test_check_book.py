@@ -72,6 +72,9 @@ def build_site(root: Path, mathjax: Path, broken: bool) -> Path:
         + _cell("1 / 0", '<div class="output traceback"><pre>ZeroDivisionError: division by zero</pre></div>')
         if broken else
         _cell("print(len(ds))", '<div class="output stream"><pre>4403</pre></div>') + _cell("x = 1", None)
+        # Letters outside the BMP (MathJax's math italic, \\mathcal): a cut at 120 UTF-16
+        # units lands inside a surrogate pair, which the driver cannot deserialize.
+        + _cell("t = '" + "\U0001d4af" * 100 + "'", '<div class="output stream"><pre>ok</pre></div>')
     )
     pages = {
         "index.html": '<meta http-equiv="Refresh" content="0; url=intro.html" />',
