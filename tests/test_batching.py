@@ -23,13 +23,7 @@ from test_learners import (DIM, N_WAY, VOCAB, _attention_model,  # noqa: E402
                            _finite_difference_check, _text_task)
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
 
 @pytest.fixture

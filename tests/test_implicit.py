@@ -15,13 +15,7 @@ from metabook.tasks import Task
 D, N_SUPPORT, N_QUERY, LAM = 5, 20, 15, 1.5
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
 
 def _regression_task(seed: int = 1, d: int = D) -> Task:

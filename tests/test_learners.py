@@ -15,13 +15,7 @@ from metabook.tasks import Task
 VOCAB, DIM, N_WAY = 23, 8, 3
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
 
 def _text_task(length: int = 6, k: int = 2, q: int = 2, seed: int = 1) -> Task:
