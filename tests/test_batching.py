@@ -20,7 +20,7 @@ from metabook.tasks import Task
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package
 from test_learners import (DIM, N_WAY, VOCAB, _attention_model,  # noqa: E402
-                           _finite_difference_check, _text_task)
+                           _finite_difference_check, _text_task, float64)  # noqa: F401
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64

@@ -15,6 +15,16 @@ from metabook.tasks import Task
 VOCAB, DIM, N_WAY = 23, 8, 3
 
 
+@pytest.fixture
+def float64():
+    """Seed 0 and float64 as the default dtype, for gradient checks that need the precision."""
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
 
