@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metabook import batching
-from metabook.adaptation import Params, adapt, params_of, sgd_step
+from metabook.adaptation import Params, adapt, params_of
 from metabook.errors import ConfigError
 from metabook.tasks import Task
 

@@ -21,7 +21,7 @@ for positions that carry no target::
 """
 from __future__ import annotations
 
-import math
+import math  # used by the module docstring's example
 from typing import Iterable
 
 import torch

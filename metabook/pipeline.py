@@ -42,7 +42,7 @@ from metabook.config import PretrainConfig, load_config
 from metabook.errors import CheckpointError, ConfigError
 from metabook.evaluation import (Choice, Evaluation, Interval, accuracies, curve, draw_episodes,
                                  evaluate, mean_ci, select_adaptation)
-from metabook.learners import (ANIL, MAML, FirstOrderMAML, GradientLearner, Learner, MetaSGD,
+from metabook.learners import (ANIL, MAML, FirstOrderMAML, Learner, MetaSGD,
                                ProtoMAML, ProtoNet, Reptile)
 from metabook.models import BACKBONES, TextClassifier, TextEncoder
 from metabook.samplers import TaskSampler, UniformSampler

@@ -7,7 +7,6 @@ import statistics
 
 import pytest
 import torch
-from torch import nn
 
 import metabook.baselines as baselines
 from metabook.baselines import (MissingPackageError, finetuner, load_minilm, minilm_embeddings,
