@@ -1,9 +1,7 @@
 """Batched meta-batches (metabook.batching) give the loop's meta-gradient, checked in float64."""
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +16,8 @@ from metabook.learners import MAML, FirstOrderMAML, MetaSGD, Reptile
 from metabook.models import HFEncoder, ResidualMLP, TextClassifier, TextEncoder, tiny_bert
 from metabook.tasks import Task
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package
-from test_learners import (DIM, N_WAY, VOCAB, _attention_model,  # noqa: E402
-                           _finite_difference_check, _text_task, float64)  # noqa: F401
+from tests.helpers import (DIM, N_WAY, VOCAB, attention_model, finite_difference_check,
+                           text_task)
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
@@ -59,7 +56,7 @@ def _bert() -> TextClassifier:
 
 
 def _text_tasks(n: int = 3) -> list[Task]:
-    return [_text_task(seed=s) for s in range(n)]
+    return [text_task(seed=s) for s in range(n)]
 
 
 def _feature_tasks(n: int = 3) -> list[Task]:
@@ -95,13 +92,13 @@ class _MetaBatch(nn.Module):
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_batched_maml_meta_gradient_matches_finite_differences(steps, no_fallback):
-    learner = MAML(_attention_model(), lr=0.5, steps=steps, batched=True)
-    _finite_difference_check(_MetaBatch(learner), _text_tasks())
+    learner = MAML(attention_model(), lr=0.5, steps=steps, batched=True)
+    finite_difference_check(_MetaBatch(learner), _text_tasks())
 
 
 def test_batched_metasgd_meta_gradient_matches_finite_differences(no_fallback):
-    learner = MetaSGD(_attention_model(), lr=0.3, steps=2, batched=True)
-    _finite_difference_check(_MetaBatch(learner), _text_tasks())
+    learner = MetaSGD(attention_model(), lr=0.3, steps=2, batched=True)
+    finite_difference_check(_MetaBatch(learner), _text_tasks())
 
 
 MODELS = {

@@ -10,8 +10,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -25,6 +23,7 @@ from metabook.models import ResidualMLP
 from metabook.samplers import UniformSampler
 from metabook.tasks import EpisodeSource
 from metabook.training import read_log
+from tests.helpers import BIN, command_env, write_config
 
 STEPS, META_BATCH = 3, 5
 
@@ -88,33 +87,14 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 # --- the real command: torchrun --nproc_per_node=2 -m metabook pretrain --------------------
 
-BIN = Path(sys.executable).parent
-
-
-def _tiny_run_config(folder: Path) -> Path:
-    lines = ["text,label"] + [f"sentence {j} w{c}{j % 4} w{c}{(j + 1) % 4} item,topic{c}"
-                              for c in range(6) for j in range(6)]
-    (folder / "corpus.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = {"corpus": "text_file", "label_column": "label", "tasks": "supervised",
-              "corpus_options": {"path": str(folder / "corpus.csv"), "label_column": "label"},
-              "test_classes": 2, "val_classes": 2, "n_way": 2, "k_shot": 2, "q_query": 2,
-              "min_count": 1, "dim": 8, "layers": 1, "heads": 2, "meta_batch": 4, "steps": 4,
-              "eval_every": 2, "checkpoint_every": 2, "val_episodes": 3, "test_episodes": 4,
-              "max_len": 12, "patience": 0}
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder / "config.json"
-
-
 def _command(*argv: str) -> subprocess.CompletedProcess:
-    # Two processes on two shared cores: one thread each, and idle threads that sleep.
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(argv, env=command_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     return result
 
 
 def test_torchrun_two_processes_equal_one_process(tmp_path):
-    config = _tiny_run_config(tmp_path)
+    config = write_config(tmp_path, meta_batch=4, val_episodes=3)
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "metabook",
                 "pretrain", "--out", str(tmp_path / "two"), "--quiet"]
     first = _command(*torchrun, "--config", str(config))  # steps 1-4, then a resume to 8

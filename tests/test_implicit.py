@@ -1,9 +1,7 @@
 """iMAML's meta-gradient against closed forms on quadratic task families (float64)."""
 from __future__ import annotations
 
-import sys
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +11,6 @@ from torch import nn
 from metabook.errors import ConfigError
 from metabook.implicit import IMAML, conjugate_gradient
 from metabook.tasks import Task
-
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package
-from test_learners import float64  # noqa: E402,F401  (the fixture, used through pytestmark)
 
 D, N_SUPPORT, N_QUERY, LAM = 5, 20, 15, 1.5
 

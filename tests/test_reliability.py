@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -33,39 +31,7 @@ from metabook.checkpoint import META_FILE, MODEL_FILE, VERSION, load_checkpoint,
 from metabook.config import load_config
 from metabook.errors import CheckpointError, ConfigError, CorpusError, OutputError
 from metabook.training import latest_checkpoint, read_log
-
-SCRIPT = Path(sys.executable).parent / "metabook"
-
-# Six classes of six distinct sentences: 2 test, 2 validation and 2 training classes for
-# 2-way 2-shot tasks with 2 queries.
-CLASSES, PER_CLASS = 6, 6
-TINY = {"corpus": "text_file", "label_column": "label", "tasks": "supervised",
-        "test_classes": 2, "val_classes": 2, "n_way": 2, "k_shot": 2, "q_query": 2,
-        "min_count": 1, "dim": 8, "layers": 1, "heads": 2, "meta_batch": 2, "steps": 4,
-        "eval_every": 2, "checkpoint_every": 2, "val_episodes": 2, "test_episodes": 4,
-        "max_len": 12, "patience": 0}
-
-
-def corpus_text() -> str:
-    lines = ["text,label"]
-    for c in range(CLASSES):
-        words = [f"w{c}{x}" for x in "abcd"]
-        lines += [f"sentence {j} {words[j % 4]} {words[(j + 1) % 4]} and {words[(j + 2) % 4]},"
-                  f"topic{c}" for j in range(PER_CLASS)]
-    return "\n".join(lines) + "\n"
-
-
-def write_config(folder: Path, corpus: Path | None = None, name: str = "config.json",
-                 **changes) -> Path:
-    """A tiny config over ``corpus`` (default: a fresh copy of the good corpus)."""
-    if corpus is None:
-        corpus = folder / "corpus.csv"
-        corpus.write_text(corpus_text(), encoding="utf-8")
-    values = {**TINY, "corpus_options": {"path": str(corpus), "label_column": "label"}, **changes}
-    path = folder / name
-    path.write_text(json.dumps(values), encoding="utf-8")
-    return path
-
+from tests.helpers import CLASSES, PER_CLASS, metabook, write_config
 
 def fail(capsys, *argv: str) -> str:
     """Run the command line, expecting exit status 2 and one line on stderr; returns the line."""
@@ -453,22 +419,16 @@ def test_output_error_is_still_an_oserror(tmp_path, monkeypatch):
 
 # --- the real command, in a subprocess ----------------------------------------------------------
 
-def _command(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
-    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=120)
-
-
 def test_real_command_prints_one_line_and_debug_the_traceback(run, tmp_path):
     _truncate(run / "checkpoints" / "step-000004" / MODEL_FILE)
     before = snapshot(run)
-    result = _command("evaluate", str(run), "--checkpoint", "latest", "--quiet")
+    result = metabook("evaluate", str(run), "--checkpoint", "latest", "--quiet")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "model.safetensors is truncated or corrupt" in result.stderr
     config = tmp_path / "typo.yaml"
     config.write_text("n_ways: 2\n")
-    result = _command("--debug", "pretrain", "--config", str(config))
+    result = metabook("--debug", "pretrain", "--config", str(config))
     assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
     assert "metabook.errors.ConfigError: unknown config key 'n_ways'" in result.stderr
     assert snapshot(run) == before
