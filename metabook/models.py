@@ -169,7 +169,13 @@ def tiny_xlnet(vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4,
 
     cfg = XLNetConfig(vocab_size=vocab_size, d_model=dim, n_layer=layers, n_head=heads,
                       d_inner=2 * dim, dropout=0.0, pad_token_id=pad_id)
-    return HFEncoder(XLNetModel(_eager(cfg)), pad_id)
+    model = XLNetModel(_eager(cfg))
+    # Used only for permutation-LM targets and for segment ids, which an encoder of single
+    # sentences never passes: frozen, so that no step pretends to train them.
+    for name, param in model.named_parameters():
+        if name == "mask_emb" or name.endswith(("rel_attn.r_s_bias", "rel_attn.seg_embed")):
+            param.requires_grad_(False)
+    return HFEncoder(model, pad_id)
 
 
 BACKBONES = {"transformer": TextEncoder, "bert": tiny_bert, "gpt2": tiny_gpt2, "xlnet": tiny_xlnet}

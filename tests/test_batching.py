@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from metabook.adaptation import adapt, make_loss_fn, params_of
-from metabook.batching import batched_adapt, batched_loss, meta_batch_loss, stack_tasks
+from metabook.batching import batched_adapt, batched_loss, batched_meta_loss, stack_tasks
 from metabook.errors import ConfigError
 from metabook.learners import MAML, FirstOrderMAML, MetaSGD, Reptile
 from metabook.models import HFEncoder, ResidualMLP, TextClassifier, TextEncoder, tiny_bert
@@ -142,7 +142,8 @@ def test_tasks_of_different_shapes_are_looped_without_a_warning(no_fallback):
     tasks = [_feature_task(0, k=2), _feature_task(1, k=3)]
     assert stack_tasks(tasks) is None
     model = ResidualMLP(5, hidden=8, depth=1, out_dim=N_WAY)
-    assert meta_batch_loss(MAML(model, lr=0.3, steps=2), tasks) is None
+    loss_fn = make_loss_fn(model, F.cross_entropy)
+    assert batched_meta_loss(loss_fn, params_of(model), tasks, steps=2, lr=0.3) is None
     _assert_batched_equals_looped(lambda **kw: MAML(model, lr=0.3, steps=2, **kw), tasks)
 
 
@@ -154,9 +155,8 @@ def test_a_model_that_vmap_cannot_run_falls_back_to_the_loop_with_a_warning():
 
 
 def test_learners_that_adapt_their_own_way_refuse_batching():
-    learner = Reptile(nn.Linear(5, N_WAY), batched=True)
     with pytest.raises(ConfigError, match="Reptile.*batched=False"):
-        learner.meta_batch_loss(_feature_tasks())
+        Reptile(nn.Linear(5, N_WAY), batched=True)
 
 
 def test_dropout_draws_a_different_mask_for_every_task():

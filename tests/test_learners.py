@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabook.adaptation import adapt, make_loss_fn, params_of
+from metabook.errors import ConfigError
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile,
                                _prototypes, accuracy)
 from metabook.models import TextClassifier, TextEncoder, tiny_bert, tiny_gpt2, tiny_xlnet
@@ -211,3 +212,45 @@ def test_evaluate_on_regression_reports_loss_only():
     task = Task(x[:5], x[:5] ** 2, x[5:], x[5:] ** 2)
     result = MAML(model, lr=0.1, steps=2, loss=F.mse_loss).evaluate(task)
     assert set(result) == {"loss"} and result["loss"] > 0
+
+
+class _WithUnused(nn.Module):
+    """A classifier with a parameter the loss never reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(4, N_WAY)
+        self.spare = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_parameter_cut_off_from_the_loss_is_an_error_naming_it(batched):
+    g = torch.Generator().manual_seed(0)
+    tasks = [Task(torch.randn(6, 4, generator=g), torch.arange(N_WAY).repeat(2),
+                  torch.randn(6, 4, generator=g), torch.arange(N_WAY).repeat(2))
+             for _ in range(2)]
+    with pytest.raises(ConfigError, match="does not depend on the parameter 'spare'.*"
+                                          "allow_unused=True"):
+        MAML(_WithUnused(), steps=2, batched=batched).meta_batch_loss(tasks)
+    learner = MAML(_WithUnused(), steps=2, batched=batched, allow_unused=True)
+    learner.meta_batch_loss(tasks).backward()
+    adapted = learner.adapt(*tasks[0].support)
+    assert adapted["spare"] is learner.model.spare  # left at its value, as asked
+    assert not torch.equal(adapted["net.weight"], learner.model.net.weight)
+    # Left out of adaptation, it is no longer the inner loop's business.
+    only_net = MAML(_WithUnused(), steps=2, adapt_filter=lambda n: n.startswith("net"))
+    assert only_net.adapt(*tasks[0].support)["spare"] is only_net.model.spare
+
+
+def test_clone_steps_by_the_same_rule_with_per_parameter_rates():
+    torch.manual_seed(0)
+    learner = MetaSGD(nn.Linear(4, N_WAY), lr=0.2, steps=1)
+    x, y = torch.randn(6, 4), torch.arange(N_WAY).repeat(2)
+    clone = learner.clone()
+    clone.adapt(F.cross_entropy(clone(x), y))
+    reference = learner.adapt(x, y)
+    for name, value in reference.items():
+        torch.testing.assert_close(clone.params[name], value)
