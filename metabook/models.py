@@ -12,6 +12,7 @@ is the point: :mod:`metabook.learners` adapts any ``nn.Module``.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,52 @@ from torch import Tensor, nn
 
 from metabook.errors import ConfigError
 
-__all__ = ["ResidualMLP", "TextEncoder", "TextClassifier", "HFEncoder", "tiny_bert", "tiny_gpt2",
-           "tiny_xlnet", "BACKBONES"]
+__all__ = ["masked_mean", "mlp_encoder", "ResidualMLP", "TextEncoder", "TextClassifier",
+           "HFEncoder", "tiny_bert", "tiny_gpt2", "tiny_xlnet", "BACKBONES"]
+
+
+def masked_mean(states: Tensor, keep: Tensor) -> Tensor:
+    """Mean of ``states`` ``(batch, length, dim)`` over the positions where ``keep`` is true.
+
+    How every encoder here pools token states into one vector per sentence:
+    padding takes no part. A row with nothing to keep pools to zeros.
+
+    >>> states = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> masked_mean(states, torch.tensor([[True, True, False]]))
+    tensor([[2.]])
+    """
+    w = keep.unsqueeze(-1).to(states.dtype)
+    return (states * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def mlp_encoder(in_dim: int, hidden: int | Sequence[int], out_dim: int,
+                seed: int | None = None) -> nn.Sequential:
+    """A small ReLU network for feature vectors: ``Linear, ReLU, ..., Linear``.
+
+    ``hidden`` is the width of the hidden layer, or a list of widths for
+    several. With ``seed`` the weights are those that ``torch.manual_seed(seed)``
+    followed by the construction would give, without touching the global
+    random state::
+
+        >>> net = mlp_encoder(8, 16, 4, seed=0)
+        >>> net
+        Sequential(
+          (0): Linear(in_features=8, out_features=16, bias=True)
+          (1): ReLU()
+          (2): Linear(in_features=16, out_features=4, bias=True)
+        )
+        >>> torch.equal(net[0].weight, mlp_encoder(8, [16], 4, seed=0)[0].weight)
+        True
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return mlp_encoder(in_dim, hidden, out_dim)
+    widths = [in_dim, *([hidden] if isinstance(hidden, int) else hidden)]
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], out_dim))
 
 
 class _Block(nn.Module):
@@ -103,9 +148,7 @@ class TextEncoder(nn.Module):
         x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
         for block in self.blocks:
             x = block(x, keep)
-        x = self.norm(x)
-        w = keep.unsqueeze(-1).to(x.dtype)
-        return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return masked_mean(self.norm(x), keep)
 
 
 class TextClassifier(nn.Module):
@@ -128,10 +171,9 @@ class HFEncoder(nn.Module):
         self.model, self.pad_id = model, pad_id
 
     def forward(self, ids: Tensor) -> Tensor:
-        keep = (ids != self.pad_id).long()
-        hidden = self.model(input_ids=ids, attention_mask=keep).last_hidden_state
-        w = keep.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * w).sum(1) / w.sum(1).clamp_min(1.0)
+        keep = ids != self.pad_id
+        return masked_mean(self.model(input_ids=ids, attention_mask=keep.long()).last_hidden_state,
+                           keep)
 
 
 def _eager(config):  # second-order gradients need the plain attention, not fused kernels

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from metabook import corpora, distributed
 from metabook.baselines import (finetuner, load_minilm, minilm_embeddings,
-                                pretrain_lm, prototype_accuracies, trim_padding)
+                                pretrain_lm, prototype_accuracies)
 from metabook.checkpoint import (load_checkpoint, load_into, save_checkpoint,
                                  write_json_atomic, writing)
 from metabook.config import PretrainConfig, load_config
@@ -46,10 +46,10 @@ from metabook.learners import (ANIL, MAML, FirstOrderMAML, Learner, MetaSGD,
                                ProtoMAML, ProtoNet, Reptile)
 from metabook.models import BACKBONES, TextClassifier, TextEncoder
 from metabook.samplers import TaskSampler, UniformSampler
-from metabook.tasks import EpisodeSource, SMLMTSource, Task, pad_batch
+from metabook.tasks import EpisodeSource, SMLMTSource, Task, pad_batch, trim
 from metabook.text import SPECIALS, Vocab, words
-from metabook.training import (MetaTrainer, TrainResult, best_checkpoint, latest_checkpoint,
-                               read_log)
+from metabook.rundir import RunDir
+from metabook.training import MetaTrainer, TrainResult
 
 __all__ = ["Data", "prepare_data", "build_encoder", "build_learner", "encoder_of", "build_sampler",
            "episodes", "trim", "to_ids", "device_for", "pretrain", "Run", "load_run", "evaluate_run",
@@ -223,19 +223,6 @@ class _Trimmed:
         return trim(self.source.sample(generator), self.pad_id)
 
 
-def trim(task: Task, pad_id: int = 0) -> Task:
-    """``task`` with support and query cut to the longest sentence in it.
-
-    Padding is masked out of every encoder, so the outputs are the same; the
-    work shrinks with the task's longest sentence instead of ``max_len`` (most
-    sentences are far shorter).
-    """
-    both = trim_padding(torch.cat([task.support_x, task.query_x]), pad_id)
-    length = both.shape[1]
-    return Task(task.support_x[:, :length], task.support_y, task.query_x[:, :length],
-                task.query_y, task.classes, task.source, task.info)
-
-
 def episodes(data: Data, split: str, n: int, n_way: int, k_shot: int, q_query: int,
              seed: int) -> list[Task]:
     """``n`` episodes of ``split`` whose inputs are *row indices* into that split.
@@ -267,10 +254,6 @@ def device_for(config: PretrainConfig) -> torch.device:
 
 # --- training -------------------------------------------------------------------------------
 
-def _has_run(out: Path) -> bool:
-    return (out / "checkpoints" / "latest.json").is_file()
-
-
 def pretrain(config: PretrainConfig | None = None, out: str | Path = "runs/pretrain",
              steps: int | None = None, resume: bool = False, progress: bool = True,
              on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
@@ -288,7 +271,7 @@ def pretrain(config: PretrainConfig | None = None, out: str | Path = "runs/pretr
     """
     out = Path(out)
     if resume:
-        if not _has_run(out):
+        if not RunDir(out).holds_run():
             raise CheckpointError(f"{out} holds no run to resume (no checkpoints/latest.json); "
                                   f"drop --resume to start one")
         saved = load_config(out / "config.json")
@@ -298,7 +281,7 @@ def pretrain(config: PretrainConfig | None = None, out: str | Path = "runs/pretr
                 raise ConfigError(f"the config differs from the one {out} was started with in "
                                   f"{differ}; resume without --config, or start a new run")
         config = saved
-    elif _has_run(out):
+    elif RunDir(out).holds_run():
         raise CheckpointError(f"{out} already holds a run; resume it (--resume) or choose "
                               f"another output directory")
     config = config or PretrainConfig.for_scale()
@@ -394,7 +377,7 @@ def load_run(out: str | Path, which: str = "best") -> Run:
     config = load_config(out / "config.json")
     data = prepare_data(config)
     _check_vocab(out / "vocab.json", data.vocab)
-    path = best_checkpoint(out) if which == "best" else latest_checkpoint(out)
+    path = RunDir(out).best() if which == "best" else RunDir(out).latest()
     ckpt = load_checkpoint(path)
     learner = build_learner(config, len(data.vocab), data.vocab.pad_id)
     load_into(learner, ckpt.model, path / "model.safetensors")
@@ -522,7 +505,7 @@ def _meta_seconds(out: Path) -> float:
     """Training and validation time in the run's log (what the baselines' times also count)."""
     return sum(r.get("sample_seconds", 0.0) + r.get("step_seconds", 0.0)
                + (r.get("seconds", 0.0) if r.get("event") == "validation" else 0.0)
-               for r in read_log(out))
+               for r in RunDir(out).read_log())
 
 
 def compare(run: Run, out: str | Path, n_episodes: int | None = None, minilm: bool = True,

@@ -22,7 +22,7 @@ from metabook.learners import MAML
 from metabook.models import ResidualMLP
 from metabook.samplers import UniformSampler
 from metabook.tasks import EpisodeSource
-from metabook.training import read_log
+from metabook.rundir import RunDir
 from tests.helpers import BIN, command_env, write_config
 
 STEPS, META_BATCH = 3, 5
@@ -103,7 +103,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     _command(str(BIN / "metabook"), "pretrain", "--config", str(config), "--steps", "8",
              "--out", str(tmp_path / "one"), "--quiet")
 
-    two, one = (read_log(tmp_path / run) for run in ("two", "one"))
+    two, one = (RunDir(tmp_path / run).read_log() for run in ("two", "one"))
     assert [r["step"] for r in two if "loss" in r] == list(range(1, 9))  # one writer, no repeats
     # The logged loss is the mean over the whole meta-batch, as in one process.
     torch.testing.assert_close([r["loss"] for r in two if "loss" in r],

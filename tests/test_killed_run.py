@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from metabook.training import read_log
+from metabook.rundir import RunDir
 from tests.helpers import SCRIPT, command_env, write_config
 
 STEPS = 16
@@ -66,7 +66,7 @@ def _pretrain(out: Path, hooks: Path, *args: str, kill_at_save: int | None = Non
 
 
 def _steps_logged(out: Path) -> int:
-    return sum(1 for r in read_log(out) if "loss" in r) if (out / "log.jsonl").is_file() else 0
+    return sum(1 for r in RunDir(out).read_log() if "loss" in r) if (out / "log.jsonl").is_file() else 0
 
 
 def _partial_saves(out: Path) -> list[str]:
@@ -118,10 +118,10 @@ def test_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path):
 
     final = f"checkpoints/step-{STEPS:06d}/model.safetensors"
     assert (tmp_path / "A" / final).read_bytes() == (out / final).read_bytes()
-    log = read_log(out)
+    log = RunDir(out).read_log()
     assert [r["step"] for r in log if "loss" in r] == list(range(1, STEPS + 1))
     validations = [r["step"] for r in log if r.get("event") == "validation"]
     assert validations == list(range(4, STEPS + 1, 4))
     # Same losses as the uninterrupted run, step for step.
     assert ([r["loss"] for r in log if "loss" in r]
-            == [r["loss"] for r in read_log(tmp_path / "A") if "loss" in r])
+            == [r["loss"] for r in RunDir(tmp_path / "A").read_log() if "loss" in r])

@@ -30,7 +30,7 @@ from metabook import cli, pipeline
 from metabook.checkpoint import META_FILE, MODEL_FILE, VERSION, load_checkpoint, save_checkpoint
 from metabook.config import load_config
 from metabook.errors import CheckpointError, ConfigError, CorpusError, OutputError
-from metabook.training import latest_checkpoint, read_log
+from metabook.rundir import RunDir
 from tests.helpers import CLASSES, PER_CLASS, metabook, write_config
 
 def fail(capsys, *argv: str) -> str:
@@ -291,12 +291,12 @@ def test_nan_loss_keeps_the_last_checkpoint_and_resumes(value, tmp_path, capsys,
     assert f"the last good checkpoint is {out / 'checkpoints' / 'step-000002'}" in line
     assert "Lower outer_lr or clip_grad, or check the data" in line
     saved = snapshot(out / "checkpoints" / "step-000002")
-    ckpt = load_checkpoint(latest_checkpoint(out))
+    ckpt = load_checkpoint(RunDir(out).latest())
     assert ckpt.meta["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt.model.values())
     monkeypatch.setattr(dist_mod, "distributed_meta_loss", real)
     assert cli.main(["pretrain", "--out", str(out), "--resume", "--quiet"]) == 0
     assert snapshot(out / "checkpoints" / "step-000002") == saved
-    assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in RunDir(out).read_log() if "loss" in r] == [1, 2, 3, 4]
 
 
 # --- a full disk, a read-only or forbidden folder ---------------------------------------------
@@ -383,7 +383,7 @@ def test_resume_into_a_folder_that_refuses_writes(code, run, capsys, monkeypatch
     assert f"cannot write {run / 'config.json'}: {STRERROR[code]}; {ADVICE[code]}" in line, line
     monkeypatch.undo()
     assert snapshot(run) == before
-    load_checkpoint(latest_checkpoint(run))
+    load_checkpoint(RunDir(run).latest())
 
 
 @pytest.mark.parametrize("code", CODES, ids=errno.errorcode.get)
@@ -404,9 +404,9 @@ def test_disk_fills_during_a_save(code, run, capsys, monkeypatch):
     assert calls and not step6.exists()
     monkeypatch.setattr(ckpt_mod, "save_file", real)
     assert snapshot(run / "checkpoints") == before  # no temporary left, nothing replaced
-    assert latest_checkpoint(run).name == "step-000004"
+    assert RunDir(run).latest().name == "step-000004"
     assert cli.main(["pretrain", "--out", str(run), "--steps", "6", "--resume", "--quiet"]) == 0
-    assert [r["step"] for r in read_log(run) if "loss" in r] == list(range(1, 7))
+    assert [r["step"] for r in RunDir(run).read_log() if "loss" in r] == list(range(1, 7))
 
 
 def test_output_error_is_still_an_oserror(tmp_path, monkeypatch):
