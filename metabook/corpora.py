@@ -90,10 +90,8 @@ def info(name: str) -> Corpus:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise CorpusError(
-            f"unknown corpus {name!r}; known corpora: {', '.join(names())} "
-            "(run `metabook datasets` to see them with their licenses)"
-        ) from None
+        raise CorpusError(f"unknown corpus {name!r}; known corpora: {', '.join(names())}",
+                          options=("corpus",)) from None
 
 
 def load(name: str, **options) -> datasets.Dataset:

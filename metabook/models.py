@@ -5,6 +5,12 @@ parts the way the learners need them: ``encoder`` (inputs to features) and
 ``head`` (features to logits). Nothing here is specific to meta-learning, which
 is the point: :mod:`metabook.learners` adapts any ``nn.Module``.
 
+:data:`BACKBONES` registers the encoders of token ids a run's config can name
+(``backbone: bert``). An entry is a :class:`Backbone`: how to build the encoder,
+the language-model objective of its baselines, and, for a pretrained model
+that brings its own tokenizer and width, those too; adding one is one
+``BACKBONES.register(name, Backbone(...), display=...)``.
+
     >>> model = ResidualMLP(in_dim=64, hidden=256, depth=3, out_dim=5)
     >>> sum(p.numel() for p in model.parameters())
     217349
@@ -12,16 +18,19 @@ is the point: :mod:`metabook.learners` adapts any ``nn.Module``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metabook.errors import ConfigError
+from metabook.registry import Registry
+from metabook.text import Tokenizer
 
 __all__ = ["masked_mean", "mlp_encoder", "ResidualMLP", "TextEncoder", "TextClassifier",
-           "HFEncoder", "tiny_bert", "tiny_gpt2", "tiny_xlnet", "BACKBONES"]
+           "HFEncoder", "tiny_bert", "tiny_gpt2", "tiny_xlnet", "Backbone", "BACKBONES"]
 
 
 def masked_mean(states: Tensor, keep: Tensor) -> Tensor:
@@ -220,4 +229,30 @@ def tiny_xlnet(vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4,
     return HFEncoder(model, pad_id)
 
 
-BACKBONES = {"transformer": TextEncoder, "bert": tiny_bert, "gpt2": tiny_gpt2, "xlnet": tiny_xlnet}
+@dataclass(frozen=True)
+class Backbone:
+    """An encoder of token ids that a run can be built on (an entry of :data:`BACKBONES`).
+
+    ``build(vocab_size, dim=, layers=, heads=, max_len=, pad_id=)`` returns a
+    fresh encoder that maps ``(batch, length)`` ids to ``(batch, width)``
+    vectors. ``objective`` is the language-model objective of its baselines:
+    ``"mlm"`` (masked) or ``"causal"`` (left to right). A pretrained backbone
+    sets ``tokenizer(texts)``, which returns the
+    :class:`~metabook.text.Tokenizer` it was trained with (the corpus's texts are
+    passed for a tokenizer that is trained on them), and ``width``, its fixed
+    output width; by default the corpus's word vocabulary and the config's
+    ``dim`` are used.
+    """
+
+    build: Callable[..., nn.Module]
+    objective: str = "mlm"
+    tokenizer: Callable[[Sequence[str]], Tokenizer] | None = None
+    width: int | None = None
+
+
+#: The backbones a config may name, with their display names.
+BACKBONES: Registry[Backbone] = Registry("backbone")
+BACKBONES.register("transformer", Backbone(TextEncoder), display="transformer (metabook)")
+BACKBONES.register("bert", Backbone(tiny_bert), display="BERT")
+BACKBONES.register("gpt2", Backbone(tiny_gpt2, objective="causal"), display="GPT-2")
+BACKBONES.register("xlnet", Backbone(tiny_xlnet), display="XLNet")

@@ -29,7 +29,8 @@ and readers ask it for the log and for the latest or best checkpoint::
 Every write is atomic or append-only, so a crash at any moment leaves a folder
 that :meth:`RunDir.start` can continue from. :meth:`RunDir.start` is also the
 one place where a process claims the folder for training, which is where a lock
-against a second writer belongs.
+against a second writer belongs (and :meth:`metabook.training.Trainer.fit`'s
+loop, between two steps, is where a stop asked for by a signal belongs).
 """
 from __future__ import annotations
 
@@ -76,28 +77,38 @@ class RunDir:
         """Whether a run has saved a checkpoint here (``checkpoints/latest.json`` exists)."""
         return (self.checkpoints / POINTER).is_file()
 
-    def start(self, resume: bool, write: bool = True) -> None:
-        """Claim the folder for training: create it, or check that there is a run to resume.
-
-        A new run needs a folder without one (its log, if any, is cleared); a
-        resumed one needs a run, and loses what a crash left half-written. With
-        ``write=False`` (every process of a distributed job but the one that
-        writes) only the checks are made.
-        """
-        if resume:
-            self.latest()
-        elif self.holds_run():
+    def check(self, resume: bool) -> None:
+        """Raise unless the folder holds a run to resume (``resume``) or none (a new run)."""
+        if resume and not self.holds_run():
+            raise CheckpointError(f"{self.path} holds no run to resume ({self.checkpoints / POINTER}"
+                                  f" is missing); start a new run instead of resuming",
+                                  options=("resume",))
+        if not resume and self.holds_run():
             raise CheckpointError(f"{self.path} already holds a run; resume it or choose another "
                                   f"output folder", options=("resume", "out"))
+
+    def start(self, resume: bool, write: bool = True) -> None:
+        """Claim the folder for training, after :meth:`check`.
+
+        A new run clears the log an earlier attempt may have left; a resumed
+        one loses what a crash left half-written. With ``write=False`` (every
+        process of a distributed job but the one that writes) only the checks
+        are made.
+        """
+        self.check(resume)
         if not write:
             return
-        with writing(self.path, "the run"):
-            self.path.mkdir(parents=True, exist_ok=True)
+        self.create()
         if resume:
             clean_partial_saves(self.checkpoints)
         else:
             with writing(self.log_path, "the training log"):
                 self.log_path.unlink(missing_ok=True)
+
+    def create(self) -> None:
+        """Make the folder (and its parents) if it does not exist yet."""
+        with writing(self.path, "the run"):
+            self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, name: str, value: Any) -> Path:
         """Write ``value`` to the file ``name`` of the run, atomically."""

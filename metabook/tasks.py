@@ -30,10 +30,9 @@ import torch
 from torch import Tensor
 
 from metabook.errors import TaskError
-from metabook.text import MASK, Vocab, is_word, words
+from metabook.text import MASK, Vocab, is_word, pad_batch, words
 
-__all__ = ["Task", "TaskSource", "EpisodeSource", "SMLMTSource", "pad_batch", "trim_padding",
-           "trim"]
+__all__ = ["Task", "TaskSource", "EpisodeSource", "SMLMTSource", "trim_padding", "trim"]
 
 
 @dataclass(frozen=True)
@@ -79,16 +78,6 @@ class TaskSource(Protocol):
     def __len__(self) -> int: ...
 
     def sample(self, generator: torch.Generator) -> Task: ...
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None) -> Tensor:
-    """Stack id sequences into a ``(batch, length)`` long tensor, padding (or cutting) to ``length``."""
-    length = length or max((len(s) for s in sequences), default=1)
-    out = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        seq = list(seq)[:length]
-        out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return out
 
 
 def trim_padding(ids: Tensor, pad_id: int = 0) -> Tensor:

@@ -44,6 +44,13 @@ def test_python_dash_m_works(tmp_path):
     assert result.returncode == 0 and "chatterbot" in result.stdout and "license" in result.stdout
 
 
+def test_info_lists_what_the_registries_hold(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "protomaml (ProtoMAML)" in out and "gpt2 (GPT-2)" in out and "sgd (SGD)" in out
+    assert "small: two CPU cores" in out
+
+
 def _error(capsys, *argv: str) -> str:
     assert cli.main(list(argv)) == 2
     captured = capsys.readouterr()
@@ -62,7 +69,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     line = _error(capsys, "evaluate", str(tmp_path / "nothing"))
     assert "holds no metabook run" in line and "metabook pretrain --out" in line
     line = _error(capsys, "pretrain", "--out", str(tmp_path / "y"), "--resume")
-    assert "holds no run to resume" in line and "drop --resume" in line
+    assert "holds no run to resume" in line and line.endswith("instead of resuming (--resume)")
 
 
 def test_argument_errors_exit_non_zero(capsys):

@@ -6,7 +6,6 @@ pretrain``, against ``metabook pretrain`` in one process.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -94,7 +93,12 @@ def _command(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_two_processes_equal_one_process(tmp_path):
-    config = write_config(tmp_path, meta_batch=4, val_episodes=3)
+    # SGD, not Adam: Adam divides every gradient by its running size, so a parameter whose
+    # true gradient is exactly zero (the attention's key bias: softmax ignores a shift
+    # shared by all keys) takes steps of about outer_lr driven by rounding noise alone, and
+    # two runs that sum in another order drift apart there by design. SGD moves it by
+    # outer_lr times the noise, so every weight of the two runs must agree tightly.
+    config = write_config(tmp_path, meta_batch=4, val_episodes=3, optimizer="sgd", outer_lr=0.1)
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "metabook",
                 "pretrain", "--out", str(tmp_path / "two"), "--quiet"]
     first = _command(*torchrun, "--config", str(config))  # steps 1-4, then a resume to 8
@@ -113,22 +117,9 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 
     weights = [load_file(tmp_path / run / "checkpoints/step-000008/model.safetensors")
                for run in ("two", "one")]
-    assert weights[0].keys() == weights[1].keys()
     start = load_file(tmp_path / "one/checkpoints/step-000002/model.safetensors")
-    assert any(not torch.equal(start[n], weights[1][n]) for n in start)  # it did train
+    moved = {n: float((weights[1][n] - start[n]).abs().max()) for n in start}
+    assert min(v for n, v in moved.items() if not n.endswith("qkv.bias")) > 1e-4  # it trained
     # Not bitwise: each process sums its own tasks' gradients and the all-reduce adds the
-    # two sums, a different order of float32 additions than one process's. Those rounding
-    # differences stay below 1e-6 everywhere but in the attention's key bias, whose true
-    # gradient is exactly zero (softmax ignores a shift shared by all keys): its gradient
-    # is rounding noise, which Adam scales up to steps of up to about outer_lr. There the
-    # two runs may drift apart by up to 2 * outer_lr a step.
-    lr, steps = json.loads(config.read_text()).get("outer_lr", 1e-3), 8
-    key_bias = {}
-    for w in weights:
-        for name in [n for n in w if n.endswith("attn.qkv.bias")]:
-            q, k, v = w[name].chunk(3)
-            key_bias.setdefault(name, []).append(k)
-            w[name] = torch.cat([q, v])
+    # two sums, a different order of float32 additions than one process's.
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-6)
-    for name, (a, b) in key_bias.items():
-        torch.testing.assert_close(a, b, rtol=0, atol=2 * lr * steps)

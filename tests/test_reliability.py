@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import metabook.checkpoint as ckpt_mod
 import metabook.distributed as dist_mod
-from metabook import cli, pipeline
+from metabook import cli, data as data_mod, recipes
 from metabook.checkpoint import META_FILE, MODEL_FILE, VERSION, load_checkpoint, save_checkpoint
 from metabook.config import load_config
 from metabook.errors import CheckpointError, ConfigError, CorpusError, OutputError
@@ -207,8 +207,8 @@ def _other_shape(ckpt: Path) -> None:
     """Replace the checkpoint by one of a wider model (dim 16) trained on the same data."""
     run = ckpt.parent.parent
     config = load_config(run / "config.json").replace(dim=16)
-    data = pipeline.prepare_data(config)
-    wide = pipeline.build_learner(config, len(data.vocab), data.vocab.pad_id)
+    data = data_mod.prepare_data(config)
+    wide = recipes.build_learner(config, len(data.vocab), data.vocab.pad_id)
     old = load_checkpoint(ckpt)
     shutil.rmtree(ckpt)
     save_checkpoint(ckpt, wide.state_dict(), {k: v for k, v in old.meta.items()
@@ -304,8 +304,8 @@ def test_nan_loss_keeps_the_last_checkpoint_and_resumes(value, tmp_path, capsys,
 STRERROR = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
             errno.EACCES: "Permission denied"}
 ADVICE = {errno.ENOSPC: "free some space or choose another output folder (--out)",
-          errno.EROFS: "choose an output folder (--out) on a writable disk",
-          errno.EACCES: "choose an output folder (--out) you may write to"}
+          errno.EROFS: "choose an output folder on a writable disk (--out)",
+          errno.EACCES: "choose an output folder you may write to (--out)"}
 
 
 def deny_writes(monkeypatch, root: Path, code: int) -> None:

@@ -104,7 +104,7 @@ def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
 
 
 def test_start_and_resume_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+    with pytest.raises(CheckpointError, match="holds no run to resume"):
         _trainer(tmp_path).train(4, resume=True)
     _trainer(tmp_path).train(3)
     with pytest.raises(CheckpointError, match="already holds a run; resume it"):
