@@ -12,7 +12,7 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
 - :mod:`metabook.batching`: all tasks of a meta-batch adapted in one batched computation;
 - :mod:`metabook.corpora`, :mod:`metabook.text` and :mod:`metabook.tokenization`: real
   text that loads offline, words and subword tokenizers; :mod:`metabook.synthetic`:
-  a family of made-up languages for controlled experiments; :mod:`metabook.hub`:
+  a family of made-up languages for controlled experiments; :mod:`metabook.corpora.benchmarks`:
   loaders of public benchmarks for readers who are online;
 - :mod:`metabook.ngrams` and :mod:`metabook.objectives`: n-gram models and the
   masked and causal language-modelling objectives;
@@ -43,7 +43,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 from metabook import (adaptation, baselines, batching, checkpoint, config, corpora, distributed,
-                      errors, evaluation, hub, implicit, learners, models, ngrams, objectives,
+                      errors, evaluation, implicit, learners, models, ngrams, objectives,
                       pipeline, samplers, scale, synthetic, tasks, text, tokenization, training)
 from metabook.implicit import IMAML
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile)
@@ -54,7 +54,7 @@ from metabook.config import PretrainConfig
 
 __all__ = [
     "__version__", "adaptation", "baselines", "batching", "checkpoint", "config", "corpora",
-    "distributed", "errors", "evaluation", "hub", "implicit", "learners", "models", "ngrams",
+    "distributed", "errors", "evaluation", "implicit", "learners", "models", "ngrams",
     "objectives", "pipeline", "samplers", "scale", "synthetic", "tasks", "text", "tokenization",
     "training",
     "MAML", "FirstOrderMAML", "MetaSGD", "Reptile", "ANIL", "ProtoNet", "ProtoMAML", "IMAML",
