@@ -19,17 +19,7 @@ A resumed run restores the weights, the optimizer, the sampler and every
 random-number generator, so on a CPU ``N`` steps straight and ``N/2`` steps,
 a resume, and ``N/2`` more give bit-identical weights. No learning-rate
 schedule depends on the total number of steps, which is what lets a finished
-run be extended by asking for more steps::
-
-    >>> import torch
-    >>> from torch import nn
-    >>> from metabook.learners import MAML
-    >>> from metabook.samplers import UniformSampler
-    >>> from metabook.tasks import EpisodeSource
-    >>> source = EpisodeSource(torch.randn(40, 3), [i % 4 for i in range(40)], 2, 2, 2)
-    >>> losses = meta_train(MAML(nn.Linear(3, 2)), UniformSampler([source]), steps=5)
-    >>> len(losses)
-    5
+run be extended by asking for more steps.
 """
 from __future__ import annotations
 
@@ -425,8 +415,18 @@ def meta_train(learner: Learner, sampler: TaskSampler, steps: int, *,
     ``meta_batch`` tasks from ``sampler`` and steps ``optimizer`` (a name from
     :data:`OPTIMIZERS` at rate ``lr``, or an optimizer already built) on the
     mean meta-loss, clipping the gradient norm to ``clip_grad`` (0: no
-    clipping). Returns the meta-batch loss of every step (see the module
-    docstring for an example).
+    clipping). Returns the meta-batch loss of every step::
+
+        >>> from metabook.learners import MAML
+        >>> from metabook.samplers import UniformSampler
+        >>> from metabook.tasks import EpisodeSource
+        >>> x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+        >>> source = EpisodeSource(x, [int(v > 0) for v in x[:, 0]], 2, 2, 2)
+        >>> _ = torch.manual_seed(0)
+        >>> learner = MAML(nn.Linear(3, 2), lr=0.5)
+        >>> losses = meta_train(learner, UniformSampler([source]), steps=30, lr=0.05)
+        >>> len(losses), sum(losses[-5:]) < sum(losses[:5])
+        (30, True)
     """
     if device is None:
         first = next(learner.parameters(), None)

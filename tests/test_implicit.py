@@ -1,7 +1,6 @@
 """iMAML's meta-gradient against closed forms on quadratic task families (float64)."""
 from __future__ import annotations
 
-import weakref
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 
 from metabook.errors import ConfigError
 from metabook.implicit import IMAML, conjugate_gradient
+from metabook.memory import saved_tensors
 from metabook.tasks import Task
 
 D, N_SUPPORT, N_QUERY, LAM = 5, 20, 15, 1.5
@@ -132,32 +132,9 @@ def test_frozen_parameters_get_the_implicit_term():
         torch.testing.assert_close(got[name], e, rtol=1e-8, atol=1e-10, msg=name)
 
 
-class _Box:
-    __slots__ = ("tensor", "__weakref__")
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-
 def _peak_saved_bytes(learner: IMAML, task: Task) -> int:
     """Largest number of bytes autograd holds for backward passes at any moment."""
-    live = peak = 0
-
-    def release(n: int) -> None:
-        nonlocal live
-        live -= n
-
-    def pack(t):
-        nonlocal live, peak
-        box, n = _Box(t.detach()), t.numel() * t.element_size()
-        live += n
-        peak = max(peak, live)
-        weakref.finalize(box, release, n)
-        return box
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
-        learner.meta_loss(task).backward()
-    return peak
+    return saved_tensors(lambda: learner.meta_loss(task).backward()).peak_bytes
 
 
 def test_memory_does_not_grow_with_inner_steps():
