@@ -16,7 +16,9 @@ from metabook.errors import CheckpointError, ConfigError
 from metabook.evaluation import Choice
 from metabook.recipes import LEARNERS, build_learner, build_sampler
 from metabook.runs import curve_over_shots, curve_over_steps, evaluate_run, load_run, pretrain
+from metabook.models import BACKBONES, Backbone, TextEncoder
 from metabook.tasks import trim
+from metabook.tokenization import SubwordTokenizer, train_tokenizer
 
 TINY = PretrainConfig(dim=16, layers=1, heads=2, meta_batch=2, steps=4, eval_every=2,
                       checkpoint_every=2, val_episodes=3, test_episodes=6, max_len=24)
@@ -229,3 +231,23 @@ def test_reproduce_chapter5_writes_and_reuses(run, tmp_path, monkeypatch):
     monkeypatch.setattr(comparison, "pretrain_lm", no_training)
     again = reproduce_chapter5(tmp_path, TINY, minilm=False)
     assert [r.after for r in again] == [r.after for r in rows]
+
+
+def test_a_backbone_that_brings_its_own_tokenizer_is_one_registration(tmp_path):
+    """What a pretrained encoder such as MiniLM needs: its tokenizer replaces the word vocabulary."""
+    BACKBONES.register("test-subword", Backbone(
+        TextEncoder, tokenizer=lambda texts: SubwordTokenizer(train_tokenizer(texts, vocab_size=400))),
+        display="transformer on subwords (a test's)")
+    try:
+        config = TINY.replace(backbone="test-subword", tasks="supervised", steps=2)
+        data = prepare_data(config)
+        assert isinstance(data.vocab, SubwordTokenizer) and len(data.vocab) <= 400
+        first = data.ids["train"][0]
+        assert first[0] == data.vocab.tokenizer.cls_token_id  # subword ids, [CLS] first
+        with pytest.raises(ConfigError, match="brings its own tokenizer.*'supervised'"):
+            build_sampler(config.replace(tasks="hybrid"), data)
+        pretrain(config, tmp_path / "run", progress=False)
+        run = load_run(tmp_path / "run")
+        assert run.data.vocab.itos == data.vocab.itos and evaluate_run(run, 3).after_ci.n == 3
+    finally:
+        BACKBONES.remove("test-subword")
