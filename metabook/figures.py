@@ -20,7 +20,6 @@ meta-knowledge) and :func:`pipeline` (the stages of a meta-pretraining run).
 from __future__ import annotations
 
 import math
-import re
 import textwrap
 from typing import Sequence
 
@@ -190,7 +189,9 @@ def smlmt_task(sentences: Sequence[str] = EXAMPLE_SENTENCES,
     For each word of ``chosen`` (in order, so the word at position n gets label n),
     the first ``per_word`` sentences that contain it are shown as they are, with
     every occurrence of the word replaced by ``[MASK]``, and with the label. Words
-    are matched as whole, lower-cased tokens (:func:`metabook.text.words`).
+    are matched as whole, lower-cased tokens (:func:`metabook.text.words`); a
+    sentence that occurs twice is used once, and a long one is cut to the whole
+    words around the mask that fit in ``width`` characters.
 
     >>> ax = smlmt_task()
     >>> [t.get_text() for t in ax.texts if t.get_text().startswith("label")][:2]
@@ -203,10 +204,10 @@ def smlmt_task(sentences: Sequence[str] = EXAMPLE_SENTENCES,
     chosen = [w.lower() for w in chosen]
     if not chosen:
         raise ConfigError("chosen is empty: name at least one word to mask")
-    tokenised = [words(s) for s in sentences]
+    tokenised = list({tuple(words(s)): None for s in sentences})   # each sentence once, in order
     examples = []
     for word in chosen:
-        found = [t for t in tokenised if word in t][:per_word]
+        found = [list(t) for t in tokenised if word in t][:per_word]
         if len(found) < per_word:
             raise ConfigError(f"{word!r} occurs in {len(found)} of the {len(tokenised)} sentences, "
                               f"fewer than per_word={per_word}; choose words that occur more "
@@ -220,13 +221,17 @@ def smlmt_task(sentences: Sequence[str] = EXAMPLE_SENTENCES,
     x_text, x_masked, x_label, right = 0.2, 6.6, 13.0, 14.6
 
     def fit(tokens: list[str], word: str) -> str:
-        # Keep the part of a long sentence around the word, where the mask is.
-        text = " ".join(tokens)
-        if len(text) <= width:
-            return text
-        at = max(0, re.search(rf"(^| ){re.escape(word)}( |$)", text).start() - width // 3)
-        cut = text[at:at + width - 2]
-        return ("…" if at else "") + cut + "…"
+        # Keep the whole tokens around the word (where the mask is) that fit in `width`.
+        at = tokens.index(word)
+        start, end = at, at + 1
+        while True:
+            grown = False
+            for s, e in ((start, end + 1), (start - 1, end)):
+                if 0 <= s and e <= len(tokens) and len(" ".join(tokens[s:e])) + 4 <= width:
+                    start, end, grown = s, e, True
+            if not grown:
+                break
+        return ("… " if start else "") + " ".join(tokens[start:end]) + (" …" if end < len(tokens) else "")
 
     y = n_lines * line_h
     for i in shown:

@@ -112,12 +112,18 @@ def test_smlmt_task_masks_the_chosen_words_and_labels_by_position():
 
 def test_smlmt_task_large_and_long():
     names = [f"target{chr(97 + i)}" for i in range(12)]
-    long = ["start " + " ".join(["filler"] * 40) + f" {names[i % 12]} end" for i in range(40)]
+    long = ["start " + " ".join(["filler"] * (30 + i)) + f" {names[i % 12]} end" for i in range(40)]
     ax = figures.smlmt_task(long, names, per_word=3, max_shown=4,
                             width=30)
     assert len(gids(ax, "word:")) == 3, "three word blocks and an ellipsis for twelve words"
     masked = [t for t in texts(ax) if "[MASK]" in t]
-    assert masked and all(len(t) <= 32 for t in masked), "long sentences are cut around the mask"
+    assert masked and all(len(t) <= 30 for t in masked), "long sentences are cut around the mask"
+    assert all(t.startswith("… ") and t.endswith("[MASK] end") for t in masked), "cut at whole words"
+
+
+def test_smlmt_task_uses_a_repeated_sentence_once():
+    with pytest.raises(ConfigError, match="'cat' occurs in 1 of the 2 sentences"):
+        figures.smlmt_task(["the cat sat", "The cat sat", "a dog"], ["cat"], per_word=2)
 
 
 def test_smlmt_task_rejects_a_word_without_sentences():
