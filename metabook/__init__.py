@@ -24,7 +24,8 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
 - measuring: :mod:`~metabook.evaluation` (accuracy with 95% intervals, paired
   differences), :mod:`~metabook.baselines` (what meta-pretraining is measured
   against), :mod:`~metabook.memory` (what autograd saves for the backward pass),
-  :mod:`~metabook.source` (library code shown on a page);
+  :mod:`~metabook.source` (library code shown on a page), :mod:`~metabook.figures`
+  (diagrams of the book's ideas);
 - a whole run: :mod:`~metabook.config` (its settings), :mod:`~metabook.recipes`
   (the learner registry, and the objects a config names), :mod:`~metabook.data`,
   :mod:`~metabook.runs`, :mod:`~metabook.comparison`, all in one import as
@@ -54,7 +55,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 _MODULES = ("adaptation", "baselines", "batching", "checkpoint", "cli", "comparison", "config",
-            "corpora", "data", "distributed", "errors", "evaluation", "implicit", "learners",
+            "corpora", "data", "distributed", "errors", "evaluation", "figures", "implicit", "learners",
             "memory", "models", "ngrams", "objectives", "pipeline", "recipes", "registry",
             "rundir", "runs", "samplers", "scale", "source", "synthetic", "tasks", "text",
             "tokenization", "training")
