@@ -55,8 +55,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 _MODULES = ("adaptation", "baselines", "batching", "checkpoint", "cli", "comparison", "config",
-            "corpora", "data", "distributed", "errors", "evaluation", "figures", "implicit", "learners",
-            "memory", "models", "ngrams", "objectives", "pipeline", "recipes", "registry",
+            "corpora", "data", "distributed", "errors", "evaluation", "figures", "implicit",
+            "learners", "memory", "models", "ngrams", "objectives", "pipeline", "recipes", "registry",
             "rundir", "runs", "samplers", "scale", "source", "synthetic", "tasks", "text",
             "tokenization", "training")
 # The names most code starts from, and the module each lives in.

@@ -109,7 +109,7 @@ def gradients(loss: Tensor, params: Params, first_order: bool = False,
 
 def update(params: Params, grads: Mapping[str, Tensor], lr: StepSize,
            proximal: Proximal | None = None) -> Params:
-    """The step ``θ - α ⊙ (g + λ (θ - θ₀))`` for every parameter in ``grads``; the rest as they are.
+    """The step ``θ - α ⊙ (g + λ (θ - θ₀))`` for each parameter in ``grads``; the rest unchanged.
 
     ``lr`` is a number, a tensor, or a dict of per-parameter step sizes; the
     term ``λ (θ - θ₀)`` is added only with a ``proximal``::

@@ -78,7 +78,7 @@ def build_encoder(config: PretrainConfig, vocab_size: int, pad_id: int = 0) -> n
 
 
 def build_learner(config: PretrainConfig, vocab_size: int, pad_id: int = 0) -> Learner:
-    """The learner ``config.learner`` (a :data:`LEARNERS` recipe) around a fresh :func:`build_encoder`.
+    """The learner ``config.learner`` (a :data:`LEARNERS` recipe) around :func:`build_encoder`'s.
 
     Learners with a classifier head get a linear head of ``n_way`` outputs.
     """

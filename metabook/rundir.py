@@ -80,8 +80,9 @@ class RunDir:
     def check(self, resume: bool) -> None:
         """Raise unless the folder holds a run to resume (``resume``) or none (a new run)."""
         if resume and not self.holds_run():
-            raise CheckpointError(f"{self.path} holds no run to resume ({self.checkpoints / POINTER}"
-                                  f" is missing); start a new run instead of resuming",
+            raise CheckpointError(f"{self.path} holds no run to resume "
+                                  f"({self.checkpoints / POINTER} is missing); start a new run "
+                                  f"instead of resuming",
                                   options=("resume",))
         if not resume and self.holds_run():
             raise CheckpointError(f"{self.path} already holds a run; resume it or choose another "
@@ -128,7 +129,7 @@ class RunDir:
     # --- checkpoints --------------------------------------------------------------------
 
     def pointer(self) -> dict[str, Any] | None:
-        """``checkpoints/latest.json``: the latest and the best checkpoint; None before the first."""
+        """``checkpoints/latest.json``: the latest and the best checkpoint (None before one)."""
         path = self.checkpoints / POINTER
         if not path.is_file():
             return None

@@ -46,7 +46,7 @@ def pick(small: T, large: T) -> T:
 
 
 def device(name: str | None = None) -> torch.device:
-    """CUDA for the ``large`` scale (``name``, or the current one) when a GPU is present, else the CPU."""
+    """CUDA at the ``large`` scale (``name``, or the current one) if a GPU is present; else the CPU."""
     import torch  # here, not above: the command line reads SCALES without loading torch
 
     if (name or scale()) == "large" and torch.cuda.is_available():

@@ -54,8 +54,9 @@ def is_word(token: str) -> bool:
             and all(unicodedata.category(c)[0] in "LM" for c in token))
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None) -> Tensor:
-    """Stack id sequences into a ``(batch, length)`` long tensor, padding (or cutting) to ``length``.
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0,
+              length: int | None = None) -> Tensor:
+    """Stack id sequences into a ``(batch, length)`` long tensor, padded (or cut) to ``length``.
 
     >>> pad_batch([[5, 6, 7], [8]], pad_id=0).tolist()
     [[5, 6, 7], [8, 0, 0]]

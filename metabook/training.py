@@ -84,8 +84,8 @@ class Trainer:
 
     ``batches()`` returns the next batch and ``loss(batch)`` its loss; a
     subclass can override :meth:`next_batch` and :meth:`batch_loss` instead.
-    ``optimizer`` is a name from :data:`OPTIMIZERS` (over ``params``, by default
-    the module's, at rate ``lr``) or an optimizer already built. ``validate()``
+    ``optimizer`` is a name from :data:`OPTIMIZERS` (over the module's
+    parameters, at rate ``lr``) or an optimizer already built. ``validate()``
     scores the module (higher is better) every ``eval_every`` steps; with
     ``keep_best=True`` training ends at the weights of the best validation.
     ``on_step(step, record)`` is called after every step with the step's
@@ -98,12 +98,11 @@ class Trainer:
     def __init__(self, module: nn.Module, batches: Callable[[], Batch] | None = None,
                  loss: Callable[[Batch], Tensor] | None = None, *,
                  optimizer: str | torch.optim.Optimizer = "adam", lr: float = 1e-3,
-                 params: Iterable[nn.Parameter] | None = None, clip_grad: float = 1.0,
-                 validate: Callable[[], float] | None = None, eval_every: int = 50,
+                 clip_grad: float = 1.0, validate: Callable[[], float] | None = None, eval_every: int = 50,
                  patience: int = 0, keep_best: bool = False, progress: bool = False,
                  desc: str = "training", on_step: OnStep | None = None):
         self.module, self._batches, self._loss, self._validate = module, batches, loss, validate
-        self.params = list(module.parameters() if params is None else params)
+        self.params = list(module.parameters())
         self.optimizer = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
                           else make_optimizer(optimizer, self.params, lr))
         self.clip_grad, self.eval_every, self.patience = clip_grad, eval_every, patience
@@ -270,7 +269,8 @@ class MetaTrainer(Trainer):
         super().__init__(learner.to(device), optimizer=optimizer, lr=outer_lr,
                          clip_grad=clip_grad, eval_every=eval_every, patience=patience,
                          progress=progress, desc="meta-pretraining", on_step=on_step)
-        self.learner, self.sampler, self.meta_batch, self.device = learner, sampler, meta_batch, device
+        self.learner, self.sampler = learner, sampler
+        self.meta_batch, self.device = meta_batch, device
         self.run = out if isinstance(out, RunDir) or out is None else RunDir(out)
         # Process 0 writes; in a single process that is this one.
         self.writer = distributed.rank() == 0
