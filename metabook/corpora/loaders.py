@@ -13,7 +13,7 @@ import datasets
 import yaml
 
 from metabook import synthetic
-from metabook.corpora import benchmarks
+from metabook.corpora.benchmarks import load_clinc150, load_fewrel, load_sib200
 from metabook.corpora.files import (PathLike, main_speaker, package_dir, read_csv, read_json,
                                     read_text_file)
 from metabook.corpora.registry import Corpus, register
@@ -396,17 +396,17 @@ register(
 
 def _load_sib200(language: str = "eng_Latn", split: str = "train",
                  data_files: PathLike | dict[str, PathLike] | None = None) -> datasets.Dataset:
-    return _split(benchmarks.load_sib200(language, data_files=data_files), split, "sib200")
+    return _split(load_sib200(language, data_files=data_files), split, "sib200")
 
 
 def _load_clinc150(split: str = "train", data_files: PathLike | dict[str, PathLike] | None = None,
                    include_oos: bool = False) -> datasets.Dataset:
-    return _split(benchmarks.load_clinc150(data_files=data_files, include_oos=include_oos), split, "clinc150")
+    return _split(load_clinc150(data_files=data_files, include_oos=include_oos), split, "clinc150")
 
 
 def _load_fewrel(split: str = "train", data_files: PathLike | dict[str, PathLike] | None = None
                  ) -> datasets.Dataset:
-    return _split(benchmarks.load_fewrel(data_files=data_files), split, "fewrel")
+    return _split(load_fewrel(data_files=data_files), split, "fewrel")
 
 
 def _split(dd: datasets.DatasetDict, split: str, corpus: str) -> datasets.Dataset:
