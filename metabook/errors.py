@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Iterable
 
 __all__ = ["MetabookError", "TaskError", "CorpusError", "CheckpointError", "ConfigError",
-           "TrainingError", "OutputError"]
+           "TrainingError", "OutputError", "MissingPackageError"]
 
 
 class MetabookError(Exception):
@@ -57,3 +57,7 @@ class OutputError(MetabookError, OSError):
     Still an :class:`OSError` (with the original ``errno``), so code that
     catches ``OSError`` around a save keeps working.
     """
+
+
+class MissingPackageError(MetabookError, ImportError):
+    """An optional package that was asked for (a pretrained model's, a peer library) is not installed."""

