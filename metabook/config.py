@@ -15,7 +15,11 @@ gives the GPU-sized one (``METABOOK_SCALE=large``)::
     metabook.errors.ConfigError: unknown config key 'inner_step' (did you mean 'inner_steps'?)
 
 A file is read strictly: an unknown key or a value of the wrong type is a
-:class:`~metabook.errors.ConfigError` that names the key and the file.
+:class:`~metabook.errors.ConfigError` that names the key and the file. The
+names a key may take (``learner``, ``backbone``, ``optimizer``, ``scale``) are
+those of its registry (:data:`metabook.recipes.LEARNERS`,
+:data:`metabook.models.BACKBONES`, :data:`metabook.training.OPTIMIZERS`,
+:data:`metabook.scale.SCALES`), so a newly registered one is a valid value at once.
 """
 from __future__ import annotations
 
@@ -31,13 +35,18 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from metabook.errors import ConfigError
+from metabook.models import BACKBONES
+from metabook.recipes import LEARNERS
+from metabook.registry import Registry
 from metabook.scale import SCALES, scale as current_scale
+from metabook.training import OPTIMIZERS
 
-__all__ = ["LEARNERS", "BACKBONES", "TASK_KINDS", "PretrainConfig", "load_config"]
+__all__ = ["TASK_KINDS", "PretrainConfig", "load_config"]
 
-LEARNERS = ("maml", "fomaml", "metasgd", "reptile", "anil", "protonet", "protomaml")
-BACKBONES = ("transformer", "bert", "gpt2", "xlnet")
 TASK_KINDS = ("smlmt", "supervised", "hybrid")
+# The keys whose values are names in a registry.
+_CHOICES: dict[str, Registry[Any]] = {"learner": LEARNERS, "backbone": BACKBONES,
+                                      "optimizer": OPTIMIZERS, "scale": SCALES}
 
 
 @dataclass(frozen=True)
@@ -52,10 +61,12 @@ class PretrainConfig:
     classes' raw text), ``"supervised"`` (N-way episodes over the training
     classes) or ``"hybrid"`` (both, half and half, as Bansal et al. 2020 did).
 
-    Learner: one of :data:`LEARNERS`. ``first_order`` applies to Meta-SGD, ANIL
+    Learner: a name in :data:`metabook.recipes.LEARNERS`, around the
+    ``backbone`` of :data:`metabook.models.BACKBONES`. ``first_order`` applies to Meta-SGD, ANIL
     and ProtoMAML (MAML is second order, first-order MAML and Reptile first
-    order by definition). Training runs ``steps`` outer steps in total: a
-    resumed run with a larger ``steps`` continues to it.
+    order by definition). Training runs ``steps`` outer steps in total, of
+    ``optimizer`` (a name in :data:`metabook.training.OPTIMIZERS`) at rate
+    ``outer_lr``: a resumed run with a larger ``steps`` continues to it.
 
     Monitoring: every ``eval_every`` steps the learner is measured on
     ``val_episodes`` fixed episodes of the validation classes, and a checkpoint
@@ -74,13 +85,12 @@ class PretrainConfig:
     max_len: int = 32
     tasks: Literal["smlmt", "supervised", "hybrid"] = "hybrid"
     # backbone
-    backbone: Literal["transformer", "bert", "gpt2", "xlnet"] = "transformer"
+    backbone: str = "transformer"
     dim: int = 64
     layers: int = 2
     heads: int = 4
     # learner and task shape
-    learner: Literal["maml", "fomaml", "metasgd", "reptile", "anil", "protonet", "protomaml"] = \
-        "protomaml"
+    learner: str = "protomaml"
     first_order: bool = True
     n_way: int = 5
     k_shot: int = 4
@@ -89,6 +99,7 @@ class PretrainConfig:
     inner_lr: float = 0.1
     # outer loop
     outer_lr: float = 1e-3
+    optimizer: str = "adam"
     meta_batch: int = 4
     clip_grad: float = 1.0
     steps: int = 300
@@ -100,9 +111,11 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     test_episodes: int = 200
     seed: int = 0
-    scale: Literal["small", "large"] = "small"
+    scale: str = "small"
 
     def __post_init__(self) -> None:
+        for name in _CHOICES:
+            _check_choice(name, getattr(self, name), "")
         for name in ("test_classes", "val_classes", "min_count", "max_len", "dim", "layers",
                      "heads", "n_way", "k_shot", "meta_batch", "steps", "eval_every",
                      "val_episodes", "checkpoint_every", "keep_checkpoints", "test_episodes"):
@@ -140,7 +153,7 @@ class PretrainConfig:
         """
         scale = scale or current_scale()
         if scale not in SCALES:
-            raise ConfigError(f"scale {scale!r} is not one of {SCALES}")
+            raise ConfigError(f"scale {scale!r} is not one of {SCALES.names()}")
         base: dict[str, Any] = {"scale": scale}
         if scale == "large":  # a GPU-sized run: wider, deeper, longer, more episodes
             base.update(dim=256, layers=4, heads=8, max_len=64, meta_batch=16, steps=5000,
@@ -208,6 +221,12 @@ class PretrainConfig:
         return path
 
 
+def _check_choice(key: str, value: Any, where: str) -> None:
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"config key {key!r}{where} must be one of {_CHOICES[key].names()}, "
+                          f"got {value!r}")
+
+
 def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
     where = "" if source == "config" else f" in {source}"
     origin = typing.get_origin(hint)
@@ -235,6 +254,7 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
         name = getattr(hint, "__name__", str(hint))
         raise ConfigError(f"config key {key!r}{where} must be of type {name}, got "
                           f"{type(value).__name__} {value!r}")
+    _check_choice(key, value, where)
     return value
 
 

@@ -13,6 +13,13 @@ episodes it is indistinguishable from Student's t)::
     >>> print(iv)
     65.0 ± 12.7
 
+Two methods measured on the same episodes are compared by the mean of their
+per-episode differences (:func:`paired_difference`): the variation between
+episodes cancels, so its interval is far narrower than the two separate ones::
+
+    >>> print(paired_difference([0.5, 0.7, 0.6, 0.8], [0.4, 0.7, 0.5, 0.7]))
+    7.5 ± 4.9
+
 Accuracy is measured *before* adaptation (zero inner gradient steps: for
 ProtoMAML that is the prototype classifier, for MAML a head that has not seen
 the task) and *after* it, and as curves over the number of shots ``K`` and the
@@ -33,7 +40,7 @@ from metabook.errors import ConfigError
 from metabook.learners import GradientLearner, Learner, MetaSGD
 from metabook.tasks import Task, TaskSource
 
-__all__ = ["Z95", "Interval", "mean_ci", "draw_episodes", "adaptation", "accuracies",
+__all__ = ["Z95", "Interval", "mean_ci", "paired_difference", "draw_episodes", "adaptation", "accuracies",
            "Evaluation", "evaluate", "curve", "Choice", "select_adaptation"]
 
 #: The 97.5% quantile of the standard normal distribution.
@@ -73,6 +80,22 @@ def mean_ci(values: Sequence[float], z: float = Z95) -> Interval:
                           f"evaluate on more episodes")
     return Interval(statistics.fmean(values), z * statistics.stdev(values) / math.sqrt(len(values)),
                     len(values))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> Interval:
+    """Mean per-episode difference ``a - b`` and the half-width of its confidence interval.
+
+    ``a`` and ``b`` are two methods' scores on the same episodes, in the same
+    order (see the module docstring); a positive mean favours ``a``::
+
+        >>> iv = paired_difference([0.9, 0.8, 1.0], [0.7, 0.7, 0.9])
+        >>> round(iv.mean, 3), iv.low > 0
+        (0.133, True)
+    """
+    if len(a) != len(b):
+        raise ConfigError(f"a paired difference needs two scores for every episode; got "
+                          f"{len(a)} and {len(b)}: measure both methods on the same episodes")
+    return mean_ci([float(x) - float(y) for x, y in zip(a, b)], z)
 
 
 def draw_episodes(source: TaskSource, n: int, seed: int) -> list[Task]:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metabook.adaptation import Params
+from metabook.adaptation import Params, Proximal, sgd_step
 from metabook.errors import ConfigError
 from metabook.learners import GradientLearner, Loss
 from metabook.tasks import Task
@@ -112,8 +112,9 @@ class IMAML(GradientLearner):
 
     def __init__(self, model: nn.Module, lr: float = 0.1, steps: int = 10, lam: float = 1.0,
                  cg_steps: int = 5, cg_tol: float = 1e-10, loss: Loss = F.cross_entropy,
-                 adapt_filter: Callable[[str], bool] | None = None):
-        super().__init__(model, lr, steps, first_order=True, loss=loss, adapt_filter=adapt_filter)
+                 adapt_filter: Callable[[str], bool] | None = None, allow_unused: bool = False):
+        super().__init__(model, lr, steps, first_order=True, loss=loss, adapt_filter=adapt_filter,
+                         allow_unused=allow_unused)
         if lam <= 0:
             raise ConfigError(f"iMAML's regularisation λ must be positive, got {lam}")
         self.lam, self.cg_steps, self.cg_tol = float(lam), cg_steps, cg_tol
@@ -122,20 +123,24 @@ class IMAML(GradientLearner):
     def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None) -> Params:
         """``steps`` gradient steps on ``L(φ; S) + (λ/2)‖φ - θ‖²`` from ``φ = θ``, without a graph.
 
-        The adapted parameters are detached leaves that require grad; the
+        Each step is :mod:`metabook.adaptation`'s rule with the proximal term;
+        the adapted parameters are detached leaves that require grad, and the
         parameters ``adapt_filter`` leaves out are returned as they are.
         """
-        fast, frozen = self._split()
-        theta = {n: p.detach() for n, p in fast.items()}
-        phi = {n: p.clone().requires_grad_() for n, p in theta.items()}
+        fast, frozen = self.split_params()
+        pull = Proximal({n: p.detach() for n, p in fast.items()}, self.lam)
+        phi = {n: p.clone().requires_grad_() for n, p in pull.anchor.items()}
         frozen_const = {n: p.detach() for n, p in frozen.items()}
+
+        def loss_fn(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
+            return self.inner_loss({**frozen_const, **p}, xb, yb)
+
         with torch.enable_grad():
             for _ in range(self.steps):
-                loss = self._loss_fn({**frozen_const, **phi}, x, y)
-                grads = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
-                with torch.no_grad():
-                    phi = {n: (p - self.lr * ((0 if g is None else g) + self.lam * (p - theta[n])))
-                           .requires_grad_() for (n, p), g in zip(phi.items(), grads)}
+                # Every step starts from fresh leaves: no graph links the steps.
+                phi = {n: p.detach().requires_grad_() for n, p in
+                       sgd_step(loss_fn, phi, x, y, self.lr, first_order=True,
+                                allow_unused=self.allow_unused, proximal=pull).items()}
         return {**frozen, **phi}
 
     def meta_gradient(self, task: Task) -> tuple[Tensor, dict[str, Tensor], float]:
@@ -144,7 +149,7 @@ class IMAML(GradientLearner):
         Memory: one support forward/backward graph at ``φ*`` (kept for the
         Hessian-vector products), independent of ``steps``.
         """
-        fast, frozen = self._split()
+        fast, frozen = self.split_params()
         adapted = self.adapt(task.support_x, task.support_y)
         phi = {n: adapted[n] for n in fast}
         names, leaves = list(phi), list(phi.values())
@@ -154,7 +159,7 @@ class IMAML(GradientLearner):
             q_grads = torch.autograd.grad(query_loss, leaves + list(frozen_live.values()),
                                           allow_unused=True)
             g_q = _flat(list(q_grads[:len(leaves)]), leaves)
-            support_loss = self._loss_fn({**frozen, **phi}, task.support_x, task.support_y)
+            support_loss = self.inner_loss({**frozen, **phi}, task.support_x, task.support_y)
             s_grads = torch.autograd.grad(support_loss, leaves, create_graph=True,
                                           allow_unused=True)
             s_used = [(g, i) for i, g in enumerate(s_grads) if g is not None and g.requires_grad]

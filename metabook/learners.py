@@ -11,8 +11,8 @@ Every learner implements one protocol:
 - ``evaluate(task)`` adapts and measures loss and accuracy on the query set.
 
 The gradient-based learners (:class:`MAML`, :class:`FirstOrderMAML`,
-:class:`MetaSGD`, :class:`Reptile`, :class:`ANIL`, :class:`ProtoMAML`) all run
-:func:`metabook.adaptation.adapt`; :class:`ProtoNet` adapts in closed form.
+:class:`MetaSGD`, :class:`Reptile`, :class:`ANIL`, :class:`ProtoMAML`) all step by
+:mod:`metabook.adaptation`'s one rule; :class:`ProtoNet` adapts in closed form.
 A learner is an ``nn.Module``: its ``parameters()`` are the meta-parameters
 (Meta-SGD's step sizes included) and its ``state_dict()`` is what to save.
 
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metabook import batching
-from metabook.adaptation import Params, adapt, params_of
+from metabook.adaptation import Params, adapt, gradients, params_of, update
 from metabook.errors import ConfigError
 from metabook.tasks import Task
 
@@ -98,46 +98,63 @@ class GradientLearner(Learner):
     """Adapts all (or some) parameters of ``model`` by ``steps`` of gradient descent.
 
     ``adapt_filter(name)`` selects the parameters the inner loop updates (all
-    by default); the others stay at their meta-learned values. With
-    ``batched=True``, :meth:`meta_batch_loss` adapts all tasks of a meta-batch at
-    once (:mod:`metabook.batching`) when their shapes agree, and loops otherwise.
+    by default); the others stay at their meta-learned values. A parameter the
+    loss does not use is an error unless ``allow_unused=True`` (see
+    :mod:`metabook.adaptation`). With ``batched=True``, :meth:`meta_batch_loss`
+    adapts all tasks of a meta-batch at once (:mod:`metabook.batching`) when their
+    shapes agree, and loops otherwise; only learners that adapt by the plain
+    rule and predict with the adapted model can batch.
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, steps: int = 1,
                  first_order: bool = False, loss: Loss = F.cross_entropy,
-                 adapt_filter: Callable[[str], bool] | None = None, batched: bool = False):
+                 adapt_filter: Callable[[str], bool] | None = None, batched: bool = False,
+                 allow_unused: bool = False):
         super().__init__(loss)
         if steps < 0:
             raise ConfigError(f"inner steps must be >= 0, got {steps}")
+        if batched and not _adapts_by_the_plain_rule(type(self)):
+            raise ConfigError(f"batched=True works for learners that adapt by plain gradient "
+                              f"steps and predict with the adapted model; {type(self).__name__} "
+                              f"changes adapt, predict or meta_loss, so use batched=False")
         self.model, self.lr, self.steps, self.first_order = model, lr, steps, first_order
-        self.adapt_filter, self.batched = adapt_filter, batched
+        self.adapt_filter, self.batched, self.allow_unused = adapt_filter, batched, allow_unused
 
     def meta_batch_loss(self, tasks: Sequence[Task]) -> Tensor:
         """Mean :meth:`meta_loss` over a meta-batch, all tasks at once if ``batched=True``."""
-        loss = batching.meta_batch_loss(self, tasks) if self.batched else None
-        return super().meta_batch_loss(tasks) if loss is None else loss
+        if self.batched:
+            fast, frozen = self.split_params()
+            loss = batching.batched_meta_loss(self.inner_loss, fast, tasks, self.steps,
+                                              self.step_sizes(), self.first_order, frozen,
+                                              allow_unused=self.allow_unused)
+            if loss is not None:
+                return loss
+        return super().meta_batch_loss(tasks)
 
     def step_sizes(self) -> float | dict[str, Tensor]:
         """The inner learning rate(s) α (a dict of tensors for Meta-SGD)."""
         return self.lr
 
-    def _loss_fn(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+    def inner_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        """The loss the inner loop descends: ``loss(model(x; params), y)``."""
         return self.loss(functional_call(self.model, params, (x,)), y)
 
-    def _split(self) -> tuple[Params, Params]:
+    def split_params(self) -> tuple[Params, Params]:
+        """The model's parameters the inner loop adapts, and those it leaves alone."""
         params = params_of(self.model)
         keep = self.adapt_filter or (lambda name: True)
         fast = {n: p for n, p in params.items() if keep(n)}
         return fast, {n: p for n, p in params.items() if n not in fast}
 
     def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None) -> Params:
-        fast, frozen = self._split()
+        fast, frozen = self.split_params()
         first_order = self.first_order if first_order is None else first_order
 
         def loss_fn(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
-            return self._loss_fn({**frozen, **p}, xb, yb)
+            return self.inner_loss({**frozen, **p}, xb, yb)
 
-        return {**frozen, **adapt(loss_fn, fast, x, y, self.steps, self.step_sizes(), first_order)}
+        return {**frozen, **adapt(loss_fn, fast, x, y, self.steps, self.step_sizes(), first_order,
+                                  allow_unused=self.allow_unused)}
 
     def predict(self, state: Params, x: Tensor) -> Tensor:
         return functional_call(self.model, state, (x,))
@@ -158,6 +175,13 @@ class GradientLearner(Learner):
                      self.first_order if first_order is None else first_order)
 
 
+def _adapts_by_the_plain_rule(cls: type) -> bool:
+    """Whether ``cls`` adapts and predicts as :class:`GradientLearner` does (so it can batch)."""
+    return (cls.adapt is GradientLearner.adapt and cls.predict is GradientLearner.predict
+            and cls.inner_loss is GradientLearner.inner_loss
+            and cls.meta_loss is Learner.meta_loss and cls.query_logits is Learner.query_logits)
+
+
 class Clone:
     """Adapted parameters plus the model that reads them (see :meth:`GradientLearner.clone`)."""
 
@@ -169,13 +193,10 @@ class Clone:
 
     def adapt(self, loss: Tensor) -> None:
         """One gradient step on ``loss``, which must have been computed with this clone."""
-        names = list(self.params)
-        grads = torch.autograd.grad(loss, [self.params[n] for n in names],
-                                    create_graph=not self.first_order, allow_unused=True)
-        lr = self.learner.step_sizes()
-        self.params = {n: self.params[n] if g is None else
-                       self.params[n] - (lr[n] if isinstance(lr, dict) else lr) * g
-                       for n, g in zip(names, grads)}
+        fast = self.learner.split_params()[0]
+        grads = gradients(loss, {n: self.params[n] for n in fast}, self.first_order,
+                          self.learner.allow_unused)
+        self.params = update(self.params, grads, self.learner.step_sizes())
 
 
 class MAML(GradientLearner):
@@ -206,14 +227,14 @@ class MetaSGD(GradientLearner):
         super().__init__(model, lr, steps, **kwargs)
         if granularity not in ("entry", "tensor"):
             raise ConfigError(f"granularity must be 'entry' or 'tensor', got {granularity!r}")
-        fast, _ = self._split()
+        fast, _ = self.split_params()
         self.step_size = nn.ParameterDict({
             _key(n): nn.Parameter(torch.full(p.shape if granularity == "entry" else (),
                                              float(lr), dtype=p.dtype, device=p.device))
             for n, p in fast.items()})
 
     def step_sizes(self) -> dict[str, Tensor]:
-        fast, _ = self._split()
+        fast, _ = self.split_params()
         return {n: self.step_size[_key(n)] for n in fast}
 
 
@@ -246,8 +267,9 @@ class ANIL(GradientLearner):
     """
 
     def __init__(self, body: nn.Module, head: nn.Module, lr: float = 0.1, steps: int = 5,
-                 first_order: bool = False, loss: Loss = F.cross_entropy):
-        super().__init__(head, lr, steps, first_order, loss)
+                 first_order: bool = False, loss: Loss = F.cross_entropy,
+                 allow_unused: bool = False):
+        super().__init__(head, lr, steps, first_order, loss, allow_unused=allow_unused)
         self.body = body
 
     def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None) -> Params:
@@ -297,15 +319,15 @@ class ProtoMAML(GradientLearner):
 
     def __init__(self, encoder: nn.Module, lr: float = 0.1, steps: int = 1,
                  first_order: bool = False, adapt_encoder: bool = True,
-                 loss: Loss = F.cross_entropy):
-        super().__init__(encoder, lr, steps, first_order, loss)
+                 loss: Loss = F.cross_entropy, allow_unused: bool = False):
+        super().__init__(encoder, lr, steps, first_order, loss, allow_unused=allow_unused)
         self.adapt_encoder = adapt_encoder
 
     def clone(self, first_order: bool | None = None) -> Clone:
         raise ConfigError("ProtoMAML builds its head from the support set; call adapt(x, y) "
                           "instead of clone()")
 
-    def _loss_fn(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+    def inner_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.loss(self._logits(params, x), y)
 
     def _logits(self, params: Params, x: Tensor) -> Tensor:
@@ -320,14 +342,16 @@ class ProtoMAML(GradientLearner):
         first_order = self.first_order if first_order is None else first_order
         fast = {**(enc if self.adapt_encoder else {}), **head}
         frozen = {n: p for n, p in enc.items() if n not in fast}
-        loss_fn = lambda p, xb, yb: self._loss_fn({**frozen, **p}, xb, yb)  # noqa: E731
+        loss_fn = lambda p, xb, yb: self.inner_loss({**frozen, **p}, xb, yb)  # noqa: E731
         if not first_order:
-            return {**frozen, **adapt(loss_fn, fast, x, y, self.steps, self.lr)}
+            return {**frozen, **adapt(loss_fn, fast, x, y, self.steps, self.lr,
+                                      allow_unused=self.allow_unused)}
         # The head shares the support features' graph with the outer loss, so the inner
         # loop runs on detached copies and its displacement is added as a constant:
         # θ' = θ₀ + sg(θ'_J − θ₀). The meta-gradient still reaches the encoder through θ₀.
         detached = {n: p.detach().requires_grad_() for n, p in fast.items()}
-        moved = adapt(loss_fn, detached, x, y, self.steps, self.lr, first_order=True)
+        moved = adapt(loss_fn, detached, x, y, self.steps, self.lr, first_order=True,
+                      allow_unused=self.allow_unused)
         return {**frozen, **{n: fast[n] + (moved[n] - detached[n]).detach() for n in fast}}
 
     def predict(self, state: Params, x: Tensor) -> Tensor:

@@ -5,6 +5,12 @@ parts the way the learners need them: ``encoder`` (inputs to features) and
 ``head`` (features to logits). Nothing here is specific to meta-learning, which
 is the point: :mod:`metabook.learners` adapts any ``nn.Module``.
 
+:data:`BACKBONES` registers the encoders of token ids a run's config can name
+(``backbone: bert``). An entry is a :class:`Backbone`: how to build the encoder,
+the language-model objective of its baselines, and, for a pretrained model
+that brings its own tokenizer and width, those too; adding one is one
+``BACKBONES.register(name, Backbone(...), display=...)``.
+
     >>> model = ResidualMLP(in_dim=64, hidden=256, depth=3, out_dim=5)
     >>> sum(p.numel() for p in model.parameters())
     217349
@@ -12,15 +18,63 @@ is the point: :mod:`metabook.learners` adapts any ``nn.Module``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metabook.errors import ConfigError
+from metabook.registry import Registry
+from metabook.text import Tokenizer
 
-__all__ = ["ResidualMLP", "TextEncoder", "TextClassifier", "HFEncoder", "tiny_bert", "tiny_gpt2",
-           "tiny_xlnet", "BACKBONES"]
+__all__ = ["masked_mean", "mlp_encoder", "ResidualMLP", "TextEncoder", "TextClassifier",
+           "HFEncoder", "tiny_bert", "tiny_gpt2", "tiny_xlnet", "Backbone", "BACKBONES"]
+
+
+def masked_mean(states: Tensor, keep: Tensor) -> Tensor:
+    """Mean of ``states`` ``(batch, length, dim)`` over the positions where ``keep`` is true.
+
+    How every encoder here pools token states into one vector per sentence:
+    padding takes no part. A row with nothing to keep pools to zeros.
+
+    >>> states = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> masked_mean(states, torch.tensor([[True, True, False]]))
+    tensor([[2.]])
+    """
+    w = keep.unsqueeze(-1).to(states.dtype)
+    return (states * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def mlp_encoder(in_dim: int, hidden: int | Sequence[int], out_dim: int,
+                seed: int | None = None) -> nn.Sequential:
+    """A small ReLU network for feature vectors: ``Linear, ReLU, ..., Linear``.
+
+    ``hidden`` is the width of the hidden layer, or a list of widths for
+    several. With ``seed`` the weights are those that ``torch.manual_seed(seed)``
+    followed by the construction would give, without touching the global
+    random state::
+
+        >>> net = mlp_encoder(8, 16, 4, seed=0)
+        >>> net
+        Sequential(
+          (0): Linear(in_features=8, out_features=16, bias=True)
+          (1): ReLU()
+          (2): Linear(in_features=16, out_features=4, bias=True)
+        )
+        >>> torch.equal(net[0].weight, mlp_encoder(8, [16], 4, seed=0)[0].weight)
+        True
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return mlp_encoder(in_dim, hidden, out_dim)
+    widths = [in_dim, *([hidden] if isinstance(hidden, int) else hidden)]
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], out_dim))
 
 
 class _Block(nn.Module):
@@ -103,9 +157,7 @@ class TextEncoder(nn.Module):
         x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
         for block in self.blocks:
             x = block(x, keep)
-        x = self.norm(x)
-        w = keep.unsqueeze(-1).to(x.dtype)
-        return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return masked_mean(self.norm(x), keep)
 
 
 class TextClassifier(nn.Module):
@@ -128,10 +180,9 @@ class HFEncoder(nn.Module):
         self.model, self.pad_id = model, pad_id
 
     def forward(self, ids: Tensor) -> Tensor:
-        keep = (ids != self.pad_id).long()
-        hidden = self.model(input_ids=ids, attention_mask=keep).last_hidden_state
-        w = keep.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * w).sum(1) / w.sum(1).clamp_min(1.0)
+        keep = ids != self.pad_id
+        return masked_mean(self.model(input_ids=ids, attention_mask=keep.long()).last_hidden_state,
+                           keep)
 
 
 def _eager(config):  # second-order gradients need the plain attention, not fused kernels
@@ -169,7 +220,39 @@ def tiny_xlnet(vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4,
 
     cfg = XLNetConfig(vocab_size=vocab_size, d_model=dim, n_layer=layers, n_head=heads,
                       d_inner=2 * dim, dropout=0.0, pad_token_id=pad_id)
-    return HFEncoder(XLNetModel(_eager(cfg)), pad_id)
+    model = XLNetModel(_eager(cfg))
+    # Used only for permutation-LM targets and for segment ids, which an encoder of single
+    # sentences never passes: frozen, so that no step pretends to train them.
+    for name, param in model.named_parameters():
+        if name == "mask_emb" or name.endswith(("rel_attn.r_s_bias", "rel_attn.seg_embed")):
+            param.requires_grad_(False)
+    return HFEncoder(model, pad_id)
 
 
-BACKBONES = {"transformer": TextEncoder, "bert": tiny_bert, "gpt2": tiny_gpt2, "xlnet": tiny_xlnet}
+@dataclass(frozen=True)
+class Backbone:
+    """An encoder of token ids that a run can be built on (an entry of :data:`BACKBONES`).
+
+    ``build(vocab_size, dim=, layers=, heads=, max_len=, pad_id=)`` returns a
+    fresh encoder that maps ``(batch, length)`` ids to ``(batch, width)``
+    vectors. ``objective`` is the language-model objective of its baselines:
+    ``"mlm"`` (masked) or ``"causal"`` (left to right). A pretrained backbone
+    sets ``tokenizer(texts)``, which returns the
+    :class:`~metabook.text.Tokenizer` it was trained with (the corpus's texts are
+    passed for a tokenizer that is trained on them), and ``width``, its fixed
+    output width; by default the corpus's word vocabulary and the config's
+    ``dim`` are used.
+    """
+
+    build: Callable[..., nn.Module]
+    objective: str = "mlm"
+    tokenizer: Callable[[Sequence[str]], Tokenizer] | None = None
+    width: int | None = None
+
+
+#: The backbones a config may name, with their display names.
+BACKBONES: Registry[Backbone] = Registry("backbone")
+BACKBONES.register("transformer", Backbone(TextEncoder), display="transformer (metabook)")
+BACKBONES.register("bert", Backbone(tiny_bert), display="BERT")
+BACKBONES.register("gpt2", Backbone(tiny_gpt2, objective="causal"), display="GPT-2")
+BACKBONES.register("xlnet", Backbone(tiny_xlnet), display="XLNet")

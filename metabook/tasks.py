@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from metabook.errors import TaskError
-from metabook.text import MASK, Vocab, is_word, words
+from metabook.text import MASK, Vocab, is_word, pad_batch, words
 
-__all__ = ["Task", "TaskSource", "EpisodeSource", "SMLMTSource", "pad_batch"]
+__all__ = ["Task", "TaskSource", "EpisodeSource", "SMLMTSource", "trim_padding", "trim"]
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,30 @@ class TaskSource(Protocol):
     def sample(self, generator: torch.Generator) -> Task: ...
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None) -> Tensor:
-    """Stack id sequences into a ``(batch, length)`` long tensor, padding (or cutting) to ``length``."""
-    length = length or max((len(s) for s in sequences), default=1)
-    out = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        seq = list(seq)[:length]
-        out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return out
+def trim_padding(ids: Tensor, pad_id: int = 0) -> Tensor:
+    """``ids`` without the trailing columns that are padding in every row.
+
+    Padding is masked out of attention and pooling, so an encoder's outputs do
+    not change; the work shrinks with the longest sentence instead of ``max_len``.
+
+    >>> trim_padding(torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]])).tolist()
+    [[5, 6], [7, 0]]
+    """
+    used = (ids != pad_id).any(0).nonzero()
+    return ids[:, : int(used.max()) + 1 if len(used) else 1]
+
+
+def trim(task: Task, pad_id: int = 0) -> Task:
+    """``task`` with support and query cut to the longest sentence in it (see :func:`trim_padding`).
+
+    >>> t = Task(torch.tensor([[5, 0, 0]]), torch.tensor([0]), torch.tensor([[6, 7, 0]]),
+    ...          torch.tensor([0]))
+    >>> trim(t).support_x.tolist(), trim(t).query_x.tolist()
+    ([[5, 0]], [[6, 7]])
+    """
+    length = trim_padding(torch.cat([task.support_x, task.query_x]), pad_id).shape[1]
+    return Task(task.support_x[:, :length], task.support_y, task.query_x[:, :length],
+                task.query_y, task.classes, task.source, task.info)
 
 
 def _choose(n: int, k: int, generator: torch.Generator) -> list[int]:

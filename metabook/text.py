@@ -1,5 +1,9 @@
 """Words and vocabularies: the small text utilities every chapter shares.
 
+A run's tokenizer is anything that follows :class:`Tokenizer`; :class:`Vocab`,
+a table of whole words, is the one metabook builds from a corpus, and
+:class:`metabook.tokenization.SubwordTokenizer` wraps a Hugging Face one.
+
     >>> words("Meta-learning isn't magic.")
     ['meta', '-', 'learning', "isn't", 'magic', '.']
     >>> vocab = Vocab.build([["a", "b", "a"]], min_count=1)
@@ -13,13 +17,16 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import regex
+import torch
+from torch import Tensor
 
 from metabook.errors import CorpusError
 
-__all__ = ["words", "is_word", "Vocab", "PAD", "UNK", "MASK", "BOS"]
+__all__ = ["words", "is_word", "pad_batch", "Tokenizer", "Vocab", "PAD", "UNK", "MASK", "BOS",
+           "SPECIALS"]
 
 PAD, UNK, MASK, BOS = "[PAD]", "[UNK]", "[MASK]", "[BOS]"
 SPECIALS = (PAD, UNK, MASK, BOS)
@@ -45,6 +52,45 @@ def is_word(token: str) -> bool:
     """
     return (bool(token) and unicodedata.category(token[0]).startswith("L")
             and all(unicodedata.category(c)[0] in "LM" for c in token))
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0,
+              length: int | None = None) -> Tensor:
+    """Stack id sequences into a ``(batch, length)`` long tensor, padded (or cut) to ``length``.
+
+    >>> pad_batch([[5, 6, 7], [8]], pad_id=0).tolist()
+    [[5, 6, 7], [8, 0, 0]]
+    """
+    length = length or max((len(s) for s in sequences), default=1)
+    out = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        seq = list(seq)[:length]
+        out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return out
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What a run needs of a tokenizer: ids for texts, the special ids, a size, and its tokens.
+
+    ``itos[i]`` is the token of id ``i`` (a run stores it, to check that it is
+    read back with the tokens it was trained with).
+    """
+
+    itos: list[str]
+
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def mask_id(self) -> int: ...
+
+    @property
+    def special_ids(self) -> list[int]: ...
+
+    def __len__(self) -> int: ...
+
+    def encode_texts(self, texts: Sequence[str], max_len: int) -> Tensor: ...
 
 
 @dataclass
@@ -86,6 +132,20 @@ class Vocab:
     @property
     def mask_id(self) -> int:
         return self.stoi[MASK]
+
+    @property
+    def special_ids(self) -> list[int]:
+        """The ids of ``[PAD] [UNK] [MASK] [BOS]``: never masked, never a random replacement."""
+        return [self.stoi[t] for t in SPECIALS]
+
+    def encode_texts(self, texts: Sequence[str], max_len: int) -> Tensor:
+        """Token ids ``(len(texts), max_len)`` of ``texts``: words, cut to ``max_len``, padded.
+
+        >>> vocab = Vocab.build([["hello", "world"]])
+        >>> vocab.encode_texts(["Hello, world!"], 4).tolist()
+        [[4, 1, 5, 1]]
+        """
+        return pad_batch([self.encode(words(t)) for t in texts], self.pad_id, max_len)
 
     def encode(self, tokens: Sequence[str]) -> list[int]:
         """Ids of ``tokens``; unknown words map to ``[UNK]``."""

@@ -2,13 +2,21 @@
 
 A tokenizer is trained on a list of texts, wrapped as a ``transformers``
 fast tokenizer with the BERT special tokens, and saved next to the model it
-belongs to::
+belongs to. ``[PAD]``, ``[UNK]`` and ``[MASK]`` get the ids that
+:class:`metabook.text.Vocab` gives them, so code written for word ids (masking,
+padding) reads subword ids the same way::
 
+    >>> from metabook.text import Vocab
     >>> tok = train_tokenizer(["the cat sat", "the dog sat", "a cat ran"] * 20, vocab_size=60)
     >>> tok.convert_ids_to_tokens(tok("the cat")["input_ids"])
     ['[CLS]', '▁the', '▁cat', '[SEP]']
-    >>> tok.pad_token_id, tok.mask_token
-    (0, '[MASK]')
+    >>> (tok.pad_token_id, tok.unk_token_id, tok.mask_token_id) == (Vocab().pad_id, Vocab().unk_id,
+    ...                                                             Vocab().mask_id)
+    True
+
+:class:`SubwordTokenizer` makes any Hugging Face tokenizer (one trained here,
+or a pretrained model's) a run's :class:`~metabook.text.Tokenizer`: a backbone
+of :data:`metabook.models.BACKBONES` that brings its own tokenizer returns one.
 
 Two kinds, both BPE: ``"bpe"`` keeps each space as ``▁`` on the word after it
 (SentencePiece style, so scripts without spaces still split), and ``"byte"``
@@ -24,17 +32,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
+import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from torch import Tensor
 from transformers import PreTrainedTokenizerFast
 
 from metabook.errors import CheckpointError, CorpusError
+from metabook.text import MASK, PAD, UNK
 
-__all__ = ["SPECIAL_TOKENS", "KINDS", "train_tokenizer", "save_tokenizer", "load_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "KINDS", "train_tokenizer", "save_tokenizer", "load_tokenizer",
+           "SubwordTokenizer"]
 
-#: Special tokens, in id order: [PAD] is 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4.
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+#: Special tokens, in id order: [PAD] is 0, [UNK] 1, [MASK] 2 (as in metabook.text), [CLS] 3,
+#: [SEP] 4.
+SPECIAL_TOKENS = (PAD, UNK, MASK, "[CLS]", "[SEP]")
 KINDS = ("bpe", "byte")
 _BYTE_ALPHABET = len(pre_tokenizers.ByteLevel.alphabet())
 
@@ -42,7 +55,7 @@ _BYTE_ALPHABET = len(pre_tokenizers.ByteLevel.alphabet())
 def _backend(kind: str, vocab_size: int, min_frequency: int) -> tuple[Tokenizer, trainers.Trainer]:
     special = list(SPECIAL_TOKENS)
     if kind == "bpe":
-        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok = Tokenizer(models.BPE(unk_token=UNK))
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
@@ -60,8 +73,8 @@ def _backend(kind: str, vocab_size: int, min_frequency: int) -> tuple[Tokenizer,
 
 def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, model_max_length=max_length, pad_token="[PAD]", unk_token="[UNK]",
-        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        tokenizer_object=tok, model_max_length=max_length, pad_token=PAD, unk_token=UNK,
+        cls_token="[CLS]", sep_token="[SEP]", mask_token=MASK,
         # BERT-style encoders take the segment ids of a text pair.
         model_input_names=["input_ids", "token_type_ids", "attention_mask"])
 
@@ -130,3 +143,46 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
     except Exception as err:  # tokenizers raises a bare Exception on a corrupt file
         raise CheckpointError(f"{path} is not a readable tokenizer ({err}); save it again") from None
     return _wrap(backend, int(config.get("model_max_length", 128)))
+
+
+class SubwordTokenizer:
+    """A Hugging Face tokenizer as a run's :class:`~metabook.text.Tokenizer`.
+
+    ``encode_texts`` pads (or cuts) every text to ``max_len`` ids with the
+    tokenizer's own padding and special tokens::
+
+        >>> sub = SubwordTokenizer(train_tokenizer(["the cat sat", "a dog ran"] * 20,
+        ...                                        vocab_size=60))
+        >>> sub.encode_texts(["the cat"], 6).tolist() == [sub.tokenizer("the cat")["input_ids"]
+        ...                                               + [sub.pad_id] * 2]
+        True
+        >>> sub.itos[:3], sub.mask_id
+        (['[PAD]', '[UNK]', '[MASK]'], 2)
+    """
+
+    def __init__(self, tokenizer: Any):
+        if tokenizer.pad_token_id is None or tokenizer.mask_token_id is None:
+            raise CorpusError(f"{type(tokenizer).__name__} has no padding or no [MASK] token; "
+                              f"a run needs both: give it pad_token and mask_token")
+        self.tokenizer = tokenizer
+        self.itos = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def mask_id(self) -> int:
+        return self.tokenizer.mask_token_id
+
+    @property
+    def special_ids(self) -> list[int]:
+        return sorted(self.tokenizer.all_special_ids)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def encode_texts(self, texts: Sequence[str], max_len: int) -> Tensor:
+        ids = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=max_len)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long).view(len(texts), max_len)

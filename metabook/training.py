@@ -1,29 +1,19 @@
-"""The meta-trainer: the outer loop, its log, its checkpoints, and exact resume.
+"""The training loop: one for meta-pretraining, for the baselines' pretraining, and in memory.
 
-:class:`MetaTrainer` draws a meta-batch of tasks from a sampler, averages the
-learner's meta-loss over it, clips the meta-gradient and takes an optimizer
-step. Around that loop it
+:class:`Trainer` is the loop every model in metabook is trained with. A step
+takes the next batch, computes its loss, stops with a
+:class:`~metabook.errors.TrainingError` *before* changing anything if the loss or
+the gradient is not finite, clips the gradient's norm, and steps the optimizer
+that :data:`OPTIMIZERS` names (the config's ``optimizer``, Adam by default).
+Every ``eval_every`` steps it validates, keeps track of the best step, and stops
+early after ``patience`` validations without a gain.
 
-- shows a ``tqdm`` progress bar and appends one JSON line per step to
-  ``OUT/log.jsonl`` (losses, gradient norm, timings), plus a line per
-  validation and per checkpoint;
-- validates on a fixed list of held-out tasks every ``eval_every`` steps and
-  stops early after ``patience`` validations without improvement; the best
-  step is recorded (the latest one stands in when none was validated);
-- saves a checkpoint (:mod:`metabook.checkpoint`) every ``checkpoint_every``
-  steps, at every validation and at the end, then points
-  ``OUT/checkpoints/latest.json`` at it;
-- stops with a :class:`~metabook.errors.TrainingError` naming the step when
-  the loss or the gradient is NaN or infinite, before the bad step changes
-  anything, so the last checkpoint stays good.
-
-Under ``torchrun`` (a process group of several processes) every process draws
-the same meta-batch and computes the meta-loss of its share
-(:mod:`metabook.distributed`); the gradients are summed before clipping, the
-logged loss is the mean over the whole meta-batch, validation is split among
-the processes and its scores gathered, so every process takes the same
-decisions. Only process 0 writes the log and the checkpoints; on resume every
-process loads the same checkpoint.
+- :class:`MetaTrainer` trains a learner on meta-batches from a task sampler.
+  Given a run folder (:class:`~metabook.rundir.RunDir`) it logs every step,
+  checkpoints, and resumes exactly; without one it trains in memory
+  (:func:`meta_train`).
+- :func:`metabook.baselines.pretrain_lm` and :func:`metabook.baselines.pretrain_multitask`
+  run the same loop on batches of sentences.
 
 A resumed run restores the weights, the optimizer, the sampler and every
 random-number generator, so on a CPU ``N`` steps straight and ``N/2`` steps,
@@ -33,159 +23,339 @@ run be extended by asking for more steps.
 """
 from __future__ import annotations
 
-import json
+import copy
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from metabook import distributed
-from metabook.checkpoint import (clean_partial_saves, load_checkpoint, load_into, rng_state,
-                                 save_checkpoint, set_rng_state, write_json_atomic, writing)
-from metabook.errors import CheckpointError, TrainingError
+from metabook.checkpoint import load_checkpoint, load_into, rng_state, set_rng_state
+from metabook.errors import CheckpointError, ConfigError, TrainingError
 from metabook.learners import Learner
+from metabook.registry import Registry
+from metabook.rundir import RunDir
 from metabook.samplers import TaskSampler
 from metabook.tasks import Task
 
-__all__ = ["TrainResult", "MetaTrainer", "read_log", "latest_checkpoint", "best_checkpoint"]
+__all__ = ["OPTIMIZERS", "make_optimizer", "TrainResult", "Trainer", "MetaTrainer", "meta_train"]
 
-POINTER = "latest.json"
+#: The outer optimizers a config may name (``optimizer: adam``).
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("adam", torch.optim.Adam, display="Adam")
+OPTIMIZERS.register("adamw", torch.optim.AdamW, display="AdamW")
+OPTIMIZERS.register("sgd", torch.optim.SGD, display="SGD")
+
+Batch = Any
+OnStep = Callable[[int, dict[str, Any]], None]
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """The optimizer :data:`OPTIMIZERS` registers as ``name``, over ``params`` at rate ``lr``.
+
+    >>> make_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=0.1).defaults["lr"]
+    0.1
+    """
+    return OPTIMIZERS[name](params, lr=lr)
 
 
 @dataclass
 class TrainResult:
-    """How a :meth:`MetaTrainer.train` call ended."""
+    """How a :meth:`Trainer.train` call ended.
+
+    ``stopped`` is ``"completed"``, ``"early_stopping"`` or ``"already_done"``;
+    ``checkpoint`` is the last one saved (None when training in memory).
+    """
 
     step: int
-    stopped: str  # "completed", "early_stopping" or "already_done"
+    stopped: str
     best_step: int | None
     best_score: float | None
-    checkpoint: Path
+    checkpoint: Path | None
 
 
-def read_log(out: str | Path) -> list[dict[str, Any]]:
-    """Every record of ``OUT/log.jsonl``, in order.
+class Trainer:
+    """The training loop for ``module`` (see the module docstring).
 
-    A last line without its newline was cut off by a crash mid-write: it is
-    left out (the step it records is redone on resume).
-    """
-    path = Path(out) / "log.jsonl"
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    try:
-        return [json.loads(line) for line in lines[:-1] if line]
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is corrupt ({err}); delete it or the broken lines "
-                              f"to resume") from None
-
-
-def _pointer(out: Path) -> dict[str, Any] | None:
-    path = out / "checkpoints" / POINTER
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is corrupt ({err}); delete it and point it at the newest "
-                              f"complete checkpoints/step-* directory") from None
-
-
-def latest_checkpoint(out: str | Path) -> Path:
-    """The directory of the last checkpoint of the run in ``out``."""
-    out = Path(out)
-    pointer = _pointer(out)
-    if pointer is None:
-        raise CheckpointError(f"{out} holds no checkpoint ({out / 'checkpoints' / POINTER} is "
-                              f"missing); train with `metabook pretrain --out {out}` first")
-    return out / "checkpoints" / pointer["latest"]
-
-
-def best_checkpoint(out: str | Path) -> Path:
-    """The checkpoint with the best validation score (the latest one if none was validated)."""
-    out = Path(out)
-    pointer = _pointer(out)
-    if pointer is None:
-        return latest_checkpoint(out)
-    return out / "checkpoints" / (pointer.get("best") or pointer["latest"])
-
-
-class MetaTrainer:
-    """Meta-trains ``learner`` on tasks from ``sampler``, logging and checkpointing into ``out``.
-
-    ``val_tasks`` are fixed held-out tasks for validation (none: no validation
-    and no early stopping). ``config`` (JSON-ready) is stored in every
-    checkpoint. ``on_step(step, record)`` is called after every step with the
-    step's log record; raising from it interrupts training like a crash would.
+    ``batches()`` returns the next batch and ``loss(batch)`` its loss; a
+    subclass can override :meth:`next_batch` and :meth:`batch_loss` instead.
+    ``optimizer`` is a name from :data:`OPTIMIZERS` (over the module's
+    parameters, at rate ``lr``) or an optimizer already built. ``validate()``
+    scores the module (higher is better) every ``eval_every`` steps; with
+    ``keep_best=True`` training ends at the weights of the best validation.
+    ``on_step(step, record)`` is called after every step with the step's
+    record; raising from it interrupts training like a crash would.
     """
 
-    def __init__(self, learner: Learner, sampler: TaskSampler, out: str | Path, *,
-                 outer_lr: float = 1e-3, meta_batch: int = 4, clip_grad: float = 1.0,
-                 eval_every: int = 50, checkpoint_every: int = 50, patience: int = 0,
-                 keep_checkpoints: int = 2, val_tasks: Sequence[Task] = (),
-                 config: dict[str, Any] | None = None, progress: bool = True,
-                 device: torch.device | str = "cpu",
-                 on_step: Callable[[int, dict[str, Any]], None] | None = None):
-        self.learner, self.sampler, self.out = learner.to(device), sampler, Path(out)
-        # Process 0 writes; in a single process that is this one.
-        self.writer = distributed.rank() == 0
-        self.meta_batch, self.clip_grad = meta_batch, clip_grad
-        self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
-        self.patience, self.keep = patience, keep_checkpoints
-        self.val_tasks = [t.to(device) for t in val_tasks]
-        self.config, self.progress, self.device, self.on_step = config or {}, progress, device, on_step
-        self.optimizer = torch.optim.Adam(learner.parameters(), lr=outer_lr)
+    loss_name, gradient_name = "the loss", "the gradient norm"
+    advice = "Lower the learning rate or clip_grad, or check the data"
+
+    def __init__(self, module: nn.Module, batches: Callable[[], Batch] | None = None,
+                 loss: Callable[[Batch], Tensor] | None = None, *,
+                 optimizer: str | torch.optim.Optimizer = "adam", lr: float = 1e-3,
+                 clip_grad: float = 1.0, validate: Callable[[], float] | None = None, eval_every: int = 50,
+                 patience: int = 0, keep_best: bool = False, progress: bool = False,
+                 desc: str = "training", on_step: OnStep | None = None):
+        self.module, self._batches, self._loss, self._validate = module, batches, loss, validate
+        self.params = list(module.parameters())
+        self.optimizer = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
+                          else make_optimizer(optimizer, self.params, lr))
+        self.clip_grad, self.eval_every, self.patience = clip_grad, eval_every, patience
+        self.keep_best, self.progress, self.desc, self.on_step = keep_best, progress, desc, on_step
         self.step = 0
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.bad_evals = 0
-        self.last_checkpoint: Path | None = None
+        self.losses: list[float] = []
+        self.validations: list[tuple[int, float]] = []
+        self._best_state: dict[str, Tensor] | None = None
 
-    # --- state ------------------------------------------------------------------------
+    # --- what a step is made of (override to change) -------------------------------------
+
+    def next_batch(self) -> Batch:
+        """The batch of the next step."""
+        return self._batches()
+
+    def batch_loss(self, batch: Batch) -> Tensor:
+        """The loss of ``batch``, to be minimised."""
+        return self._loss(batch)
+
+    def reduce_loss(self, loss: Tensor) -> float:
+        """The loss's value as logged (across processes for a distributed trainer)."""
+        return float(loss.detach())
+
+    def reduce_gradients(self) -> None:
+        """Combine the gradients of every process (nothing to do in one process)."""
+
+    def describe(self, batch: Batch) -> str:
+        """Where ``batch`` came from, for an error message."""
+        return ""
 
     @property
-    def log_path(self) -> Path:
-        return self.out / "log.jsonl"
+    def validating(self) -> bool:
+        return self._validate is not None
 
-    def _trainer_state(self) -> dict[str, Any]:
-        return {"best_score": self.best_score, "best_step": self.best_step,
-                "bad_evals": self.bad_evals}
+    def validate(self) -> float:
+        """The module's validation score (higher is better)."""
+        return self._validate()
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Keep the record of a step, a validation or a checkpoint (in memory: nothing to do)."""
+
+    def after_step(self, validated: bool, stop: bool, last: bool) -> None:
+        """Whatever follows a step and its validation (checkpoints, for a run on disk)."""
+
+    def where_saved(self) -> str:
+        """What is left to fall back on, for an error message."""
+        return f"the weights are still those after step {self.step}"
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _check_finite(self, what: str, value: float, batch: Batch) -> None:
+        if math.isfinite(value):
+            return
+        raise TrainingError(f"{what} became {value} at step {self.step + 1}{self.describe(batch)}; "
+                            f"the step was not applied and nothing was saved for it; "
+                            f"{self.where_saved()}. {self.advice}",
+                            options=("outer_lr", "clip_grad"))
+
+    def train_step(self) -> dict[str, Any]:
+        """One step: batch, loss, backward, clipping, optimizer; returns the step's record."""
+        started = time.perf_counter()
+        batch = self.next_batch()
+        sampled = time.perf_counter()
+        loss = self.batch_loss(batch)
+        total = self.reduce_loss(loss)
+        self._check_finite(self.loss_name, total, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.reduce_gradients()
+        params = [p for p in self.params if p.grad is not None]
+        if self.clip_grad > 0:
+            norm = float(nn.utils.clip_grad_norm_(params, self.clip_grad))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        self._check_finite(self.gradient_name, norm, batch)
+        self.optimizer.step()
+        self.step += 1
+        self.losses.append(total)
+        done = time.perf_counter()
+        return {"step": self.step, "loss": total, "grad_norm": norm,
+                "sample_seconds": sampled - started, "step_seconds": done - sampled}
+
+    def _validate_and_check(self) -> bool:
+        """Validate, track the best step; True when training should stop early."""
+        started = time.perf_counter()
+        score = self.validate()
+        self.validations.append((self.step, score))
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_step, self.bad_evals = score, self.step, 0
+            if self.keep_best:
+                self._best_state = copy.deepcopy(self.module.state_dict())
+        else:
+            self.bad_evals += 1
+        stop = self.patience > 0 and self.bad_evals >= self.patience
+        self.log({"step": self.step, "event": "validation", "accuracy": score,
+                  "best_score": self.best_score, "best_step": self.best_step,
+                  "early_stop": stop, "seconds": time.perf_counter() - started})
+        return stop
+
+    def fit(self, steps: int, show: bool = True) -> str:
+        """Train until step ``steps`` (a total); returns why it stopped."""
+        stopped = "completed"
+        self.module.train()
+        bar = tqdm(total=steps, initial=self.step, desc=self.desc, unit="step",
+                   disable=not (self.progress and show), dynamic_ncols=True)
+        try:
+            while self.step < steps:
+                record = self.train_step()
+                self.log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                stop = False
+                # Validation follows the eval_every grid only (not the end of this call), so
+                # an interrupted-and-resumed run validates, and picks its best step, exactly
+                # as the uninterrupted run does.
+                validated = self.validating and self.step % self.eval_every == 0
+                if validated:
+                    stop = self._validate_and_check()
+                self.after_step(validated, stop, self.step == steps)
+                if self.on_step is not None:
+                    self.on_step(self.step, record)
+                if stop:
+                    stopped = "early_stopping"
+                    break
+        finally:
+            bar.close()
+        if self._best_state is not None:
+            self.module.load_state_dict(self._best_state)
+        return stopped
+
+    def train(self, steps: int) -> TrainResult:
+        """Train until step ``steps`` in memory."""
+        stopped = self.fit(steps) if self.step < steps else "already_done"
+        return TrainResult(self.step, stopped, self.best_step, self.best_score, None)
+
+
+class MetaTrainer(Trainer):
+    """Meta-trains ``learner`` on meta-batches of ``meta_batch`` tasks from ``sampler``.
+
+    ``out`` is the run folder (a path or a :class:`~metabook.rundir.RunDir`) to
+    log and checkpoint into, or None to train in memory. ``val_tasks`` are fixed
+    held-out tasks for validation (none: no validation and no early stopping);
+    a checkpoint is saved at every validation, every ``checkpoint_every``
+    steps and at the end, and the ``keep_checkpoints`` newest (and the best)
+    are kept. ``config`` (JSON-ready) is stored in every checkpoint.
+
+    Launched by ``torchrun``, every process computes its share of each
+    meta-batch and only process 0 writes (:mod:`metabook.distributed`).
+    """
+
+    loss_name, gradient_name = "the meta-loss", "the meta-gradient norm"
+    advice = "Lower outer_lr or clip_grad, or check the data"
+
+    def __init__(self, learner: Learner, sampler: TaskSampler,
+                 out: str | Path | RunDir | None = None, *, outer_lr: float = 1e-3,
+                 optimizer: str | torch.optim.Optimizer = "adam", meta_batch: int = 4,
+                 clip_grad: float = 1.0, eval_every: int = 50, checkpoint_every: int = 50,
+                 patience: int = 0, keep_checkpoints: int = 2, val_tasks: Sequence[Task] = (),
+                 config: dict[str, Any] | None = None, progress: bool = True,
+                 device: torch.device | str = "cpu", on_step: OnStep | None = None):
+        super().__init__(learner.to(device), optimizer=optimizer, lr=outer_lr,
+                         clip_grad=clip_grad, eval_every=eval_every, patience=patience,
+                         progress=progress, desc="meta-pretraining", on_step=on_step)
+        self.learner, self.sampler = learner, sampler
+        self.meta_batch, self.device = meta_batch, device
+        self.run = out if isinstance(out, RunDir) or out is None else RunDir(out)
+        # Process 0 writes; in a single process that is this one.
+        self.writer = distributed.rank() == 0
+        self.checkpoint_every, self.keep = checkpoint_every, keep_checkpoints
+        self.val_tasks = [t.to(device) for t in val_tasks]
+        self.config = config or {}
+        self.last_checkpoint: Path | None = None
+
+    # --- a meta-batch ---------------------------------------------------------------------
+
+    def next_batch(self) -> list[Task]:
+        return [t.to(self.device) for t in self.sampler.sample_batch(self.meta_batch)]
+
+    def batch_loss(self, tasks: list[Task]) -> Tensor:
+        # This process's share, weighted so that the shares of all processes sum to the mean.
+        return distributed.distributed_meta_loss(self.learner, tasks)
+
+    def reduce_loss(self, loss: Tensor) -> float:
+        return float(distributed.all_reduce_sum(loss.detach().clone()))
+
+    def reduce_gradients(self) -> None:
+        distributed.all_reduce_gradients(self.learner)
+
+    def describe(self, tasks: list[Task]) -> str:
+        return f" (tasks from {sorted({t.source for t in tasks})})"
+
+    # --- validation -----------------------------------------------------------------------
+
+    @property
+    def validating(self) -> bool:
+        return bool(self.val_tasks)
+
+    def validate(self) -> float:
+        """Mean query accuracy on the validation tasks after adaptation.
+
+        Each process measures its share of the tasks; the scores are gathered
+        in task order and summed as one process would, so all agree exactly.
+        """
+        mine = distributed.shard(self.val_tasks, distributed.rank(), distributed.world_size())
+        self.learner.eval()
+        try:
+            scores = [self.learner.evaluate(t)["accuracy"] for t in mine]
+        finally:
+            self.learner.train()
+        scores = distributed.gather_shards(scores, len(self.val_tasks))
+        return sum(scores) / len(scores)
+
+    # --- the run on disk ------------------------------------------------------------------
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.run is not None and self.writer:
+            self.run.append_log(record)
+
+    def after_step(self, validated: bool, stop: bool, last: bool) -> None:
+        if self.run is not None and (validated or stop or last
+                                     or self.step % self.checkpoint_every == 0):
+            self.save()
+
+    def where_saved(self) -> str:
+        if self.run is None:
+            return super().where_saved()
+        return (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                else "no checkpoint was saved yet")
 
     def save(self) -> Path:
-        """Checkpoint the current step and point ``latest.json`` at it (process 0 only)."""
+        """Checkpoint the current step into the run folder (process 0 writes)."""
         started = time.perf_counter()
-        directory = self.out / "checkpoints" / f"step-{self.step:06d}"
-        self.last_checkpoint = directory
+        self.last_checkpoint = self.run.checkpoint_path(self.step)
         if not self.writer:
-            return directory
+            return self.last_checkpoint
         meta = {"step": self.step, "learner": type(self.learner).__name__,
                 "config": self.config, "sampler": self.sampler.state_dict(),
-                "rng": rng_state(), "trainer": self._trainer_state()}
-        save_checkpoint(directory, self.learner.state_dict(), meta, self.optimizer.state_dict())
-        best = f"step-{self.best_step:06d}" if self.best_step is not None else None
-        write_json_atomic(self.out / "checkpoints" / POINTER,
-                          {"latest": directory.name, "best": best, "step": self.step,
-                           "best_score": self.best_score})
-        self._prune(keep={directory.name, best})
-        self._log({"step": self.step, "event": "checkpoint", "path": str(directory),
-                   "seconds": time.perf_counter() - started})
-        return directory
-
-    def _prune(self, keep: set[str | None]) -> None:
-        steps = sorted((self.out / "checkpoints").glob("step-*"))
-        for old in steps[: max(0, len(steps) - self.keep)]:
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
+                "rng": rng_state(), "trainer": {"best_score": self.best_score,
+                                                "best_step": self.best_step,
+                                                "bad_evals": self.bad_evals}}
+        self.run.save_checkpoint(self.step, self.learner.state_dict(), meta,
+                                 self.optimizer.state_dict(), best_step=self.best_step,
+                                 best_score=self.best_score, keep=self.keep)
+        self.log({"step": self.step, "event": "checkpoint", "path": str(self.last_checkpoint),
+                  "seconds": time.perf_counter() - started})
+        return self.last_checkpoint
 
     def restore(self) -> int:
-        """Continue from the latest checkpoint in ``out``; returns its step."""
-        ckpt = load_checkpoint(latest_checkpoint(self.out))
+        """Continue from the latest checkpoint in the run folder; returns its step."""
+        ckpt = load_checkpoint(self.run.latest())
         load_into(self.learner, ckpt.model, ckpt.path / "model.safetensors")
         if ckpt.optimizer is None:
             raise CheckpointError(f"{ckpt.path} has no optimizer state, so training cannot "
@@ -209,137 +379,60 @@ class MetaTrainer:
         self.step = int(ckpt.meta["step"])
         self.last_checkpoint = ckpt.path
         if self.writer:
-            clean_partial_saves(self.out / "checkpoints")
-            self._truncate_log(self.step)
+            self.run.truncate_log(self.step)
         return self.step
-
-    def _truncate_log(self, step: int) -> None:
-        # Steps after the checkpoint ran before the interruption and will run again.
-        kept = [r for r in read_log(self.out) if r["step"] <= step]
-        with writing(self.log_path, "the training log"):
-            tmp = self.log_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            tmp.replace(self.log_path)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if not self.writer:
-            return
-        with writing(self.log_path, "the training log"), \
-                open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    # --- validation -------------------------------------------------------------------
-
-    def validate(self) -> float:
-        """Mean query accuracy on the validation tasks after adaptation.
-
-        Each process measures its share of the tasks; the scores are gathered
-        in task order and summed as one process would, so all agree exactly.
-        """
-        mine = distributed.shard(self.val_tasks, distributed.rank(), distributed.world_size())
-        self.learner.eval()
-        try:
-            scores = [self.learner.evaluate(t)["accuracy"] for t in mine]
-        finally:
-            self.learner.train()
-        scores = distributed.gather_shards(scores, len(self.val_tasks))
-        return sum(scores) / len(scores)
-
-    def _validate_and_check(self) -> bool:
-        """Validate, track the best step; True when training should stop early."""
-        started = time.perf_counter()
-        score = self.validate()
-        improved = self.best_score is None or score > self.best_score
-        if improved:
-            self.best_score, self.best_step, self.bad_evals = score, self.step, 0
-        else:
-            self.bad_evals += 1
-        stop = self.patience > 0 and self.bad_evals >= self.patience
-        self._log({"step": self.step, "event": "validation", "accuracy": score,
-                   "best_score": self.best_score, "best_step": self.best_step,
-                   "early_stop": stop, "seconds": time.perf_counter() - started})
-        return stop
-
-    # --- the loop ---------------------------------------------------------------------
-
-    def _check_finite(self, what: str, value: float, tasks: Sequence[Task]) -> None:
-        if math.isfinite(value):
-            return
-        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                 else "no checkpoint was saved yet")
-        sources = sorted({t.source for t in tasks})
-        raise TrainingError(f"{what} became {value} at step {self.step + 1} (tasks from "
-                            f"{sources}); the step was not applied and nothing was saved for it; "
-                            f"{where}. Lower outer_lr or clip_grad, or check the data")
-
-    def _one_step(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        tasks = [t.to(self.device) for t in self.sampler.sample_batch(self.meta_batch)]
-        sampled = time.perf_counter()
-        # This process's share, weighted so that the shares of all processes sum to the mean.
-        loss = distributed.distributed_meta_loss(self.learner, tasks)
-        total = float(distributed.all_reduce_sum(loss.detach().clone()))
-        self._check_finite("the meta-loss", total, tasks)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.all_reduce_gradients(self.learner)
-        params = [p for p in self.learner.parameters() if p.grad is not None]
-        if self.clip_grad > 0:
-            norm = float(nn.utils.clip_grad_norm_(params, self.clip_grad))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-        self._check_finite("the meta-gradient norm", norm, tasks)
-        self.optimizer.step()
-        self.step += 1
-        done = time.perf_counter()
-        return {"step": self.step, "loss": total, "grad_norm": norm,
-                "sample_seconds": sampled - started, "step_seconds": done - sampled}
 
     def train(self, steps: int, resume: bool = False) -> TrainResult:
         """Train until step ``steps`` (a total, not a count of new steps).
 
         With ``resume=True`` training continues from the latest checkpoint in
-        ``out``; without it, ``out`` must not hold a run already.
+        the run folder; without it, the folder must not hold a run already.
         """
-        if self.writer:
-            with writing(self.out, "the run"):
-                self.out.mkdir(parents=True, exist_ok=True)
+        if self.run is None:
+            if resume:
+                raise ConfigError("a trainer without a run folder has nothing to resume; give "
+                                  "it the folder of the run", options=("out",))
+            return super().train(steps)
+        self.run.start(resume, write=self.writer)
         if resume:
             self.restore()
-        elif _pointer(self.out) is not None:
-            raise CheckpointError(f"{self.out} already holds a run; resume it (--resume) or "
-                                  f"choose another output directory")
-        elif self.writer:
-            with writing(self.log_path, "the training log"):
-                self.log_path.unlink(missing_ok=True)
         if self.step >= steps:
             return TrainResult(self.step, "already_done", self.best_step, self.best_score,
-                               self.last_checkpoint or latest_checkpoint(self.out))
-        stopped = "completed"
-        self.learner.train()
-        bar = tqdm(total=steps, initial=self.step, desc="meta-pretraining", unit="step",
-                   disable=not (self.progress and self.writer), dynamic_ncols=True)
-        try:
-            while self.step < steps:
-                record = self._one_step()
-                self._log(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                stop = False
-                # Validation follows the eval_every grid only (not the end of this call), so
-                # an interrupted-and-resumed run validates, and picks its best step, exactly
-                # as the uninterrupted run does.
-                validate = bool(self.val_tasks) and self.step % self.eval_every == 0
-                if validate:
-                    stop = self._validate_and_check()
-                if validate or stop or self.step % self.checkpoint_every == 0 or self.step == steps:
-                    self.save()
-                if self.on_step is not None:
-                    self.on_step(self.step, record)
-                if stop:
-                    stopped = "early_stopping"
-                    break
-        finally:
-            bar.close()
+                               self.last_checkpoint or self.run.latest())
+        stopped = self.fit(steps, show=self.writer)
         return TrainResult(self.step, stopped, self.best_step, self.best_score,
                            self.last_checkpoint)
+
+
+def meta_train(learner: Learner, sampler: TaskSampler, steps: int, *,
+               optimizer: str | torch.optim.Optimizer = "adam", lr: float = 1e-3,
+               meta_batch: int = 4, clip_grad: float = 0.0, progress: bool = False,
+               on_step: OnStep | None = None, device: torch.device | str | None = None
+               ) -> list[float]:
+    """Meta-train ``learner`` in place for ``steps`` outer steps, writing no files.
+
+    The loop of :class:`MetaTrainer` without a run folder: each step draws
+    ``meta_batch`` tasks from ``sampler`` and steps ``optimizer`` (a name from
+    :data:`OPTIMIZERS` at rate ``lr``, or an optimizer already built) on the
+    mean meta-loss, clipping the gradient norm to ``clip_grad`` (0: no
+    clipping). Returns the meta-batch loss of every step::
+
+        >>> from metabook.learners import MAML
+        >>> from metabook.samplers import UniformSampler
+        >>> from metabook.tasks import EpisodeSource
+        >>> x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+        >>> source = EpisodeSource(x, [int(v > 0) for v in x[:, 0]], 2, 2, 2)
+        >>> _ = torch.manual_seed(0)
+        >>> learner = MAML(nn.Linear(3, 2), lr=0.5)
+        >>> losses = meta_train(learner, UniformSampler([source]), steps=30, lr=0.05)
+        >>> len(losses), sum(losses[-5:]) < sum(losses[:5])
+        (30, True)
+    """
+    if device is None:
+        first = next(learner.parameters(), None)
+        device = first.device if first is not None else "cpu"
+    trainer = MetaTrainer(learner, sampler, None, optimizer=optimizer, outer_lr=lr,
+                          meta_batch=meta_batch, clip_grad=clip_grad, progress=progress,
+                          device=device, on_step=on_step)
+    trainer.train(steps)
+    return trainer.losses

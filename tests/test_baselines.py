@@ -10,11 +10,12 @@ import torch
 
 import metabook.baselines as baselines
 from metabook.baselines import (MissingPackageError, finetuner, load_minilm, minilm_embeddings,
-                                pretrain_lm, prototype_accuracies, token_states)
+                                pretrain_lm, pretrain_multitask, prototype_accuracies,
+                                token_states)
 from metabook.errors import ConfigError
 from metabook.evaluation import accuracies, draw_episodes
 from metabook.learners import ProtoNet
-from metabook.models import TextEncoder
+from metabook.models import TextEncoder, mlp_encoder
 from metabook.tasks import EpisodeSource
 
 VOCAB, PAD, MASK = 40, 0, 2
@@ -85,6 +86,35 @@ def test_validation_keeps_the_best_weights():
     log = _pretrain(enc, steps=30, validate=validate, eval_every=10)
     assert log.validation == [(10, 0.2), (20, 0.9), (30, 0.4)] and log.best_step == 20
     assert all(torch.equal(v, snapshots[1][k]) for k, v in enc.state_dict().items())
+
+
+def test_multitask_pretraining_of_any_encoder_with_groups_and_validation():
+    """Feature vectors, two groups whose labels mean opposite things, the best step kept."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    side = (x[:, 0] > 0).long()
+    groups = torch.arange(200) % 2
+    labels = torch.where(groups == 0, side, 1 - side)  # the same input, opposite labels
+    encoder = mlp_encoder(6, 16, 8, seed=0)
+    snapshots, scores = [], iter([0.1, 0.8, 0.3])
+
+    def validate(enc):
+        snapshots.append(copy.deepcopy(enc.state_dict()))
+        return next(scores)
+
+    log = pretrain_multitask(encoder, x, labels, groups, steps=30, batch_size=32, lr=0.02,
+                             validate=validate, eval_every=10)
+    assert log.validation == [(10, 0.1), (20, 0.8), (30, 0.3)] and log.best_step == 20
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in encoder.state_dict().items())
+    # Without groups the opposite labels cancel out; with them both are learned.
+    fresh = mlp_encoder(6, 16, 8, seed=0)
+    log = pretrain_multitask(fresh, x, labels, groups, steps=200, batch_size=32, lr=0.02)
+    assert statistics.fmean(log.losses[-20:]) < 0.5 * statistics.fmean(log.losses[:5])
+    blind = pretrain_multitask(mlp_encoder(6, 16, 8, seed=0), x, labels, steps=200,
+                               batch_size=32, lr=0.02)
+    assert statistics.fmean(log.losses[-20:]) < 0.5 * statistics.fmean(blind.losses[-20:])
+    with pytest.raises(ConfigError, match="one label and one group per input"):
+        pretrain_multitask(fresh, x, labels[:10])
 
 
 def test_bad_arguments():

@@ -1,9 +1,7 @@
 """Batched meta-batches (metabook.batching) give the loop's meta-gradient, checked in float64."""
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,15 +10,14 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from metabook.adaptation import adapt, make_loss_fn, params_of
-from metabook.batching import batched_adapt, batched_loss, meta_batch_loss, stack_tasks
+from metabook.batching import batched_adapt, batched_loss, batched_meta_loss, stack_tasks
 from metabook.errors import ConfigError
 from metabook.learners import MAML, FirstOrderMAML, MetaSGD, Reptile
 from metabook.models import HFEncoder, ResidualMLP, TextClassifier, TextEncoder, tiny_bert
 from metabook.tasks import Task
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package
-from test_learners import (DIM, N_WAY, VOCAB, _attention_model,  # noqa: E402
-                           _finite_difference_check, _text_task, float64)  # noqa: F401
+from tests.helpers import (DIM, N_WAY, VOCAB, attention_model, finite_difference_check,
+                           text_task)
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
@@ -59,7 +56,7 @@ def _bert() -> TextClassifier:
 
 
 def _text_tasks(n: int = 3) -> list[Task]:
-    return [_text_task(seed=s) for s in range(n)]
+    return [text_task(seed=s) for s in range(n)]
 
 
 def _feature_tasks(n: int = 3) -> list[Task]:
@@ -95,13 +92,13 @@ class _MetaBatch(nn.Module):
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_batched_maml_meta_gradient_matches_finite_differences(steps, no_fallback):
-    learner = MAML(_attention_model(), lr=0.5, steps=steps, batched=True)
-    _finite_difference_check(_MetaBatch(learner), _text_tasks())
+    learner = MAML(attention_model(), lr=0.5, steps=steps, batched=True)
+    finite_difference_check(_MetaBatch(learner), _text_tasks())
 
 
 def test_batched_metasgd_meta_gradient_matches_finite_differences(no_fallback):
-    learner = MetaSGD(_attention_model(), lr=0.3, steps=2, batched=True)
-    _finite_difference_check(_MetaBatch(learner), _text_tasks())
+    learner = MetaSGD(attention_model(), lr=0.3, steps=2, batched=True)
+    finite_difference_check(_MetaBatch(learner), _text_tasks())
 
 
 MODELS = {
@@ -145,7 +142,8 @@ def test_tasks_of_different_shapes_are_looped_without_a_warning(no_fallback):
     tasks = [_feature_task(0, k=2), _feature_task(1, k=3)]
     assert stack_tasks(tasks) is None
     model = ResidualMLP(5, hidden=8, depth=1, out_dim=N_WAY)
-    assert meta_batch_loss(MAML(model, lr=0.3, steps=2), tasks) is None
+    loss_fn = make_loss_fn(model, F.cross_entropy)
+    assert batched_meta_loss(loss_fn, params_of(model), tasks, steps=2, lr=0.3) is None
     _assert_batched_equals_looped(lambda **kw: MAML(model, lr=0.3, steps=2, **kw), tasks)
 
 
@@ -157,9 +155,8 @@ def test_a_model_that_vmap_cannot_run_falls_back_to_the_loop_with_a_warning():
 
 
 def test_learners_that_adapt_their_own_way_refuse_batching():
-    learner = Reptile(nn.Linear(5, N_WAY), batched=True)
     with pytest.raises(ConfigError, match="Reptile.*batched=False"):
-        learner.meta_batch_loss(_feature_tasks())
+        Reptile(nn.Linear(5, N_WAY), batched=True)
 
 
 def test_dropout_draws_a_different_mask_for_every_task():

@@ -2,43 +2,22 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from metabook import cli
 from metabook.errors import ConfigError
-
-BIN = Path(sys.executable).parent
-SCRIPT = BIN / "metabook"
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, METABOOK_SCALE="small", HF_HUB_OFFLINE="1")
-    # Idle OpenMP threads sleep instead of spinning: on a busy shared machine spinning
-    # threads slow a two-thread run down tenfold. Results do not depend on it.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return env
-
-
-def _run(*args: str, cwd: Path, module: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "metabook"] if module else [str(SCRIPT)]
-    return subprocess.run(command + list(args), cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=300)
-
+from tests.helpers import SCRIPT, metabook
 
 def test_resumed_run_leaves_byte_identical_weights(tmp_path):
     """The done-when check: 20 steps straight = 10 steps, then --resume to 20."""
     assert SCRIPT.is_file(), "the metabook console script is not installed in this environment"
-    a = _run("pretrain", "--steps", "20", "--out", "A", "--quiet", cwd=tmp_path)
+    a = metabook("pretrain", "--steps", "20", "--out", "A", "--quiet", cwd=tmp_path)
     assert a.returncode == 0, a.stderr
     assert "meta-pretraining finished at step 20" in a.stdout
-    b = _run("pretrain", "--steps", "10", "--out", "B", "--quiet", cwd=tmp_path, module=True)
+    b = metabook("pretrain", "--steps", "10", "--out", "B", "--quiet", cwd=tmp_path, module=True)
     assert b.returncode == 0, b.stderr
-    b = _run("pretrain", "--steps", "20", "--out", "B", "--resume", "--quiet", cwd=tmp_path)
+    b = metabook("pretrain", "--steps", "20", "--out", "B", "--resume", "--quiet", cwd=tmp_path)
     assert b.returncode == 0, b.stderr
     weights = [tmp_path / run / "checkpoints/step-000020/model.safetensors" for run in "AB"]
     assert weights[0].read_bytes() == weights[1].read_bytes()
@@ -61,8 +40,15 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_python_dash_m_works(tmp_path):
-    result = _run("datasets", cwd=tmp_path, module=True)
+    result = metabook("datasets", cwd=tmp_path, module=True)
     assert result.returncode == 0 and "chatterbot" in result.stdout and "license" in result.stdout
+
+
+def test_info_lists_what_the_registries_hold(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "protomaml (ProtoMAML)" in out and "gpt2 (GPT-2)" in out and "sgd (SGD)" in out
+    assert "small: two CPU cores" in out
 
 
 def _error(capsys, *argv: str) -> str:
@@ -83,7 +69,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     line = _error(capsys, "evaluate", str(tmp_path / "nothing"))
     assert "holds no metabook run" in line and "metabook pretrain --out" in line
     line = _error(capsys, "pretrain", "--out", str(tmp_path / "y"), "--resume")
-    assert "holds no run to resume" in line and "drop --resume" in line
+    assert "holds no run to resume" in line and line.endswith("instead of resuming (--resume)")
 
 
 def test_argument_errors_exit_non_zero(capsys):

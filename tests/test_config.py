@@ -7,6 +7,9 @@ import pytest
 
 from metabook.config import PretrainConfig, load_config
 from metabook.errors import ConfigError
+from metabook.learners import MAML
+from metabook.models import TextClassifier
+from metabook.recipes import LEARNERS, build_learner
 
 
 def test_defaults_are_the_small_scale(monkeypatch):
@@ -136,3 +139,20 @@ def test_save_load_round_trip_and_fingerprint(tmp_path):
     assert cfg.fingerprint(ignore=("steps",)) == cfg.replace(steps=13).fingerprint(ignore=("steps",))
     with pytest.raises(ConfigError, match="unknown config key 'step'"):
         cfg.replace(step=3)
+
+
+def test_names_come_from_the_registries_and_a_new_entry_is_valid_at_once():
+    with pytest.raises(ConfigError, match=r"'optimizer' must be one of \['adam', 'adamw', 'sgd'\]"):
+        PretrainConfig(optimizer="adagrad")
+    with pytest.raises(ConfigError, match=r"'backbone' must be one of \['transformer', 'bert'"):
+        PretrainConfig(backbone="resnet")
+    LEARNERS.register("test-maml", lambda enc, c: MAML(TextClassifier(enc, c.dim, c.n_way)),
+                      display="MAML, registered by a test")
+    try:
+        config = PretrainConfig.from_dict({"learner": "test-maml", "dim": 8, "heads": 2})
+        assert isinstance(build_learner(config, vocab_size=20), MAML)
+        assert LEARNERS.display(config.learner) == "MAML, registered by a test"
+    finally:
+        LEARNERS.remove("test-maml")
+    with pytest.raises(ConfigError, match="must be one of"):
+        PretrainConfig(learner="test-maml")

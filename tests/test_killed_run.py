@@ -13,13 +13,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from metabook.training import read_log
+from metabook.rundir import RunDir
+from tests.helpers import SCRIPT, command_env, write_config
 
-SCRIPT = Path(sys.executable).parent / "metabook"
 STEPS = 16
 
 # Imported by the child interpreter at start-up. METABOOK_KILL_AT_SAVE=N: the Nth
@@ -45,33 +44,14 @@ if os.environ.get("METABOOK_KILL_AT_SAVE"):
 '''
 
 
-def _corpus(folder: Path) -> Path:
-    lines = ["text,label"]
-    for c in range(6):
-        words = [f"w{c}{x}" for x in "abcdef"]
-        lines += [f"a sentence {j} with {words[j % 6]} {words[(j + 1) % 6]} and "
-                  f"{words[(j + 3) % 6]},topic{c}" for j in range(8)]
-    path = folder / "corpus.csv"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def _config(folder: Path) -> Path:
-    values = {"corpus": "text_file", "label_column": "label", "tasks": "supervised",
-              "corpus_options": {"path": str(_corpus(folder)), "label_column": "label"},
-              "test_classes": 2, "val_classes": 2, "n_way": 2, "k_shot": 2, "q_query": 3,
-              "min_count": 1, "dim": 16, "layers": 1, "heads": 2, "meta_batch": 4,
-              "steps": STEPS, "eval_every": 4, "checkpoint_every": 2, "val_episodes": 2,
-              "test_episodes": 4, "max_len": 16, "patience": 0}
-    path = folder / "config.json"
-    path.write_text(json.dumps(values), encoding="utf-8")
-    return path
+    return write_config(folder, per_class=8, q_query=3, dim=16, meta_batch=4, steps=STEPS,
+                        eval_every=4, max_len=16)
 
 
 def _env(hooks: Path, kill_at_save: int | None = None) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(hooks),
-                                                        os.environ.get("PYTHONPATH")])))
+    env = command_env(PYTHONPATH=os.pathsep.join(filter(None, [str(hooks),
+                                                               os.environ.get("PYTHONPATH")])))
     env.pop("METABOOK_KILL_AT_SAVE", None)
     if kill_at_save is not None:
         env["METABOOK_KILL_AT_SAVE"] = str(kill_at_save)
@@ -86,7 +66,7 @@ def _pretrain(out: Path, hooks: Path, *args: str, kill_at_save: int | None = Non
 
 
 def _steps_logged(out: Path) -> int:
-    return sum(1 for r in read_log(out) if "loss" in r) if (out / "log.jsonl").is_file() else 0
+    return sum(1 for r in RunDir(out).read_log() if "loss" in r) if (out / "log.jsonl").is_file() else 0
 
 
 def _partial_saves(out: Path) -> list[str]:
@@ -138,10 +118,10 @@ def test_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path):
 
     final = f"checkpoints/step-{STEPS:06d}/model.safetensors"
     assert (tmp_path / "A" / final).read_bytes() == (out / final).read_bytes()
-    log = read_log(out)
+    log = RunDir(out).read_log()
     assert [r["step"] for r in log if "loss" in r] == list(range(1, STEPS + 1))
     validations = [r["step"] for r in log if r.get("event") == "validation"]
     assert validations == list(range(4, STEPS + 1, 4))
     # Same losses as the uninterrupted run, step for step.
     assert ([r["loss"] for r in log if "loss" in r]
-            == [r["loss"] for r in read_log(tmp_path / "A") if "loss" in r])
+            == [r["loss"] for r in RunDir(tmp_path / "A").read_log() if "loss" in r])

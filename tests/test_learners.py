@@ -7,101 +7,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabook.adaptation import adapt, make_loss_fn, params_of
+from metabook.errors import ConfigError
 from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, ProtoNet, Reptile,
                                _prototypes, accuracy)
 from metabook.models import TextClassifier, TextEncoder, tiny_bert, tiny_gpt2, tiny_xlnet
 from metabook.tasks import Task
-
-VOCAB, DIM, N_WAY = 23, 8, 3
-
-
-@pytest.fixture
-def float64():
-    """Seed 0 and float64 as the default dtype, for gradient checks that need the precision."""
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+from tests.helpers import (DIM, N_WAY, VOCAB, attention_model, finite_difference_check,
+                           text_task)
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
 
-def _text_task(length: int = 6, k: int = 2, q: int = 2, seed: int = 1) -> Task:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, VOCAB, (N_WAY * (k + q), length), generator=g)
-    ids[::3, -2:] = 0  # some padding, so the attention mask matters
-    y = torch.arange(N_WAY).repeat_interleave(k + q)
-    s = torch.cat([torch.arange(i * (k + q), i * (k + q) + k) for i in range(N_WAY)])
-    qi = torch.cat([torch.arange(i * (k + q) + k, (i + 1) * (k + q)) for i in range(N_WAY)])
-    return Task(ids[s], y[s], ids[qi], y[qi], classes=tuple(range(N_WAY)))
-
-
-def _attention_model() -> TextClassifier:
-    """A small model with attention and LayerNorm, the parts where batching bugs hide."""
-    return TextClassifier(TextEncoder(VOCAB, dim=DIM, heads=2, layers=1, max_len=8), DIM, N_WAY)
-
-
-def _finite_difference_check(learner: nn.Module, task: Task, directions: int = 3,
-                             eps: float = 1e-6, rtol: float = 1e-6) -> float:
-    """Compare ⟨∇L, v⟩ with (L(θ+εv) - L(θ-εv)) / 2ε along random directions v."""
-    params = [p for p in learner.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(learner.meta_loss(task), params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-    worst = 0.0
-    gen = torch.Generator().manual_seed(123)
-    for _ in range(directions):
-        v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
-        analytic = sum((g * d).sum() for g, d in zip(grads, v)).item()
-        with torch.no_grad():
-            for p, d in zip(params, v):
-                p.add_(eps * d)
-        plus = learner.meta_loss(task).item()
-        with torch.no_grad():
-            for p, d in zip(params, v):
-                p.sub_(2 * eps * d)
-        minus = learner.meta_loss(task).item()
-        with torch.no_grad():
-            for p, d in zip(params, v):
-                p.add_(eps * d)
-        numeric = (plus - minus) / (2 * eps)
-        err = abs(analytic - numeric) / max(1.0, abs(numeric))
-        worst = max(worst, err)
-        assert err < rtol, f"meta-gradient {analytic:.10g} vs finite difference {numeric:.10g}"
-    return worst
-
-
 @pytest.mark.parametrize("steps", [1, 3])
 def test_maml_meta_gradient_matches_finite_differences(steps):
-    _finite_difference_check(MAML(_attention_model(), lr=0.5, steps=steps), _text_task())
+    finite_difference_check(MAML(attention_model(), lr=0.5, steps=steps), text_task())
 
 
 def test_metasgd_meta_gradient_matches_finite_differences_for_weights_and_step_sizes():
-    learner = MetaSGD(_attention_model(), lr=0.3, steps=2)
-    task = _text_task()
-    _finite_difference_check(learner, task)
+    learner = MetaSGD(attention_model(), lr=0.3, steps=2)
+    task = text_task()
+    finite_difference_check(learner, task)
     # the step sizes themselves receive a non-zero meta-gradient
     learner.meta_loss(task).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.step_size.values())
 
 
 def test_anil_meta_gradient_matches_finite_differences():
-    model = _attention_model()
-    _finite_difference_check(ANIL(model.encoder, model.head, lr=0.5, steps=3), _text_task())
+    model = attention_model()
+    finite_difference_check(ANIL(model.encoder, model.head, lr=0.5, steps=3), text_task())
 
 
 @pytest.mark.parametrize("adapt_encoder", [True, False])
 def test_protomaml_meta_gradient_matches_finite_differences(adapt_encoder):
     enc = TextEncoder(VOCAB, dim=DIM, heads=2, layers=1, max_len=8)
-    _finite_difference_check(ProtoMAML(enc, lr=0.1, steps=2, adapt_encoder=adapt_encoder),
-                             _text_task())
+    finite_difference_check(ProtoMAML(enc, lr=0.1, steps=2, adapt_encoder=adapt_encoder),
+                             text_task())
 
 
 def test_finite_difference_check_catches_a_wrong_gradient():
     """The checker itself must fail when the gradient is wrong (here: first-order MAML)."""
     with pytest.raises(AssertionError, match="finite difference"):
-        _finite_difference_check(FirstOrderMAML(_attention_model(), lr=0.5, steps=2), _text_task())
+        finite_difference_check(FirstOrderMAML(attention_model(), lr=0.5, steps=2), text_task())
 
 
 class _Linear(nn.Module):
@@ -184,7 +131,7 @@ def test_first_order_protomaml_holds_the_inner_displacement_constant():
     """
     enc = TextEncoder(VOCAB, dim=DIM, heads=2, layers=1, max_len=8)
     learner = ProtoMAML(enc, lr=0.1, steps=2, first_order=True)
-    task = _text_task()
+    task = text_task()
 
     def start() -> dict[str, torch.Tensor]:
         protos = _prototypes(enc(task.support_x), task.support_y, N_WAY)
@@ -212,7 +159,7 @@ def test_first_order_protomaml_holds_the_inner_displacement_constant():
     expected = torch.autograd.grad(fixed_displacement_loss(), params)
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
-    _finite_difference_check(_Fixed(), task)
+    finite_difference_check(_Fixed(), task)
 
 
 def test_protomaml_head_starts_as_protonet():
@@ -227,8 +174,8 @@ def test_protomaml_head_starts_as_protonet():
 
 
 def test_clone_adapt_matches_functional_adapt():
-    model = _attention_model()
-    task = _text_task()
+    model = attention_model()
+    task = text_task()
     maml = MAML(model, lr=0.3, steps=2)
     clone = maml.clone()
     for _ in range(2):
@@ -240,8 +187,8 @@ def test_clone_adapt_matches_functional_adapt():
 
 
 def test_adaptation_reduces_support_loss_and_evaluate_reports_accuracy():
-    task = _text_task(k=3, q=3)
-    learner = MAML(_attention_model(), lr=0.5, steps=5)
+    task = text_task(k=3, q=3)
+    learner = MAML(attention_model(), lr=0.5, steps=5)
     before = F.cross_entropy(learner(task.support_x), task.support_y)
     after = F.cross_entropy(learner.predict(learner.adapt(*task.support), task.support_x),
                             task.support_y)
@@ -256,7 +203,7 @@ def test_maml_on_transformers_backbones_matches_finite_differences(build):
     """Hugging Face models are meta-learned unchanged, with exact second-order gradients."""
     enc = build(VOCAB, dim=DIM, layers=1, heads=2, max_len=8).double()  # XLNet makes some weights float32
     learner = MAML(TextClassifier(enc, DIM, N_WAY), lr=0.1, steps=1)
-    _finite_difference_check(learner, _text_task(), directions=2)
+    finite_difference_check(learner, text_task(), directions=2)
 
 
 def test_evaluate_on_regression_reports_loss_only():
@@ -265,3 +212,45 @@ def test_evaluate_on_regression_reports_loss_only():
     task = Task(x[:5], x[:5] ** 2, x[5:], x[5:] ** 2)
     result = MAML(model, lr=0.1, steps=2, loss=F.mse_loss).evaluate(task)
     assert set(result) == {"loss"} and result["loss"] > 0
+
+
+class _WithUnused(nn.Module):
+    """A classifier with a parameter the loss never reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(4, N_WAY)
+        self.spare = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_parameter_cut_off_from_the_loss_is_an_error_naming_it(batched):
+    g = torch.Generator().manual_seed(0)
+    tasks = [Task(torch.randn(6, 4, generator=g), torch.arange(N_WAY).repeat(2),
+                  torch.randn(6, 4, generator=g), torch.arange(N_WAY).repeat(2))
+             for _ in range(2)]
+    with pytest.raises(ConfigError, match="does not depend on the parameter 'spare'.*"
+                                          "allow_unused=True"):
+        MAML(_WithUnused(), steps=2, batched=batched).meta_batch_loss(tasks)
+    learner = MAML(_WithUnused(), steps=2, batched=batched, allow_unused=True)
+    learner.meta_batch_loss(tasks).backward()
+    adapted = learner.adapt(*tasks[0].support)
+    assert adapted["spare"] is learner.model.spare  # left at its value, as asked
+    assert not torch.equal(adapted["net.weight"], learner.model.net.weight)
+    # Left out of adaptation, it is no longer the inner loop's business.
+    only_net = MAML(_WithUnused(), steps=2, adapt_filter=lambda n: n.startswith("net"))
+    assert only_net.adapt(*tasks[0].support)["spare"] is only_net.model.spare
+
+
+def test_clone_steps_by_the_same_rule_with_per_parameter_rates():
+    torch.manual_seed(0)
+    learner = MetaSGD(nn.Linear(4, N_WAY), lr=0.2, steps=1)
+    x, y = torch.randn(6, 4), torch.arange(N_WAY).repeat(2)
+    clone = learner.clone()
+    clone.adapt(F.cross_entropy(clone(x), y))
+    reference = learner.adapt(x, y)
+    for name, value in reference.items():
+        torch.testing.assert_close(clone.params[name], value)

@@ -60,3 +60,21 @@ def test_module_entry_point_reports_bad_input_in_one_line():
     )
     assert proc.returncode == 2
     assert "unrecognized arguments" in proc.stderr
+
+
+def test_import_and_help_load_no_heavy_library():
+    """``import metabook``, its errors and ``metabook --help`` stay quick: nothing heavy is imported."""
+    script = ("import sys, metabook, metabook.errors, metabook.cli\n"
+              "try:\n"
+              "    metabook.cli.main(['--help'])\n"
+              "except SystemExit:\n"
+              "    pass\n"
+              "print(sorted(m for m in ('torch', 'datasets', 'transformers', 'numpy', 'yaml')\n"
+              "             if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    lazy = subprocess.run([sys.executable, "-c", "import metabook, sys; metabook.MAML; "
+                           "print('torch' in sys.modules, metabook.MAML.__name__)"],
+                          capture_output=True, text=True, check=True)
+    assert lazy.stdout.split() == ["True", "MAML"]

@@ -1,4 +1,4 @@
-"""The pipeline: class-disjoint splits, shared episodes, runs, and the comparison."""
+"""The workflow: class-disjoint splits, shared episodes, runs, the comparison, Chapter 5's driver."""
 from __future__ import annotations
 
 import json
@@ -6,14 +6,19 @@ import json
 import pytest
 import torch
 
-import metabook.pipeline as pipeline
-from metabook.config import LEARNERS, PretrainConfig
+import metabook.cli.reproduce as reproduce
+import metabook.comparison as comparison
+from metabook.cli.reproduce import reproduce_chapter5
+from metabook.comparison import Row, adaptation_grid, compare, markdown_table, verdict
+from metabook.config import PretrainConfig
+from metabook.data import episodes, prepare_data, to_ids
 from metabook.errors import CheckpointError, ConfigError
 from metabook.evaluation import Choice
-from metabook.pipeline import (Row, adaptation_grid, build_learner, build_sampler, compare, curve_over_shots,
-                               curve_over_steps, episodes, evaluate_run, load_run,
-                               markdown_table, prepare_data, pretrain, reproduce_chapter5, to_ids,
-                               trim, verdict)
+from metabook.recipes import LEARNERS, build_learner, build_sampler
+from metabook.runs import curve_over_shots, curve_over_steps, evaluate_run, load_run, pretrain
+from metabook.models import BACKBONES, Backbone, TextEncoder
+from metabook.tasks import trim
+from metabook.tokenization import SubwordTokenizer, train_tokenizer
 
 TINY = PretrainConfig(dim=16, layers=1, heads=2, meta_batch=2, steps=4, eval_every=2,
                       checkpoint_every=2, val_episodes=3, test_episodes=6, max_len=24)
@@ -84,7 +89,7 @@ def test_trimming_does_not_change_what_a_learner_sees(data):
     assert torch.allclose(learner.query_logits(padded), learner.query_logits(task), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", LEARNERS)
+@pytest.mark.parametrize("kind", LEARNERS.names())
 def test_every_learner_builds_and_trains(data, kind):
     learner = build_learner(TINY.replace(learner=kind), len(data.vocab))
     sampler = build_sampler(TINY, data)
@@ -139,7 +144,7 @@ def test_curves(run):
 
 def test_compare_measures_every_method_on_the_same_episodes(run, tmp_path, monkeypatch):
     seen = []
-    real_evaluate = pipeline.evaluate
+    real_evaluate = comparison.evaluate
 
     def spy(learner, tasks, **kwargs):
         seen.append(tasks)
@@ -156,17 +161,17 @@ def test_compare_measures_every_method_on_the_same_episodes(run, tmp_path, monke
         return [0.5] * len(tasks)
 
     chosen_on = []
-    real_select = pipeline.select_adaptation
+    real_select = comparison.select_adaptation
 
     def spy_select(learner, tasks, steps, lrs):
         chosen_on.append(tasks)
         return real_select(learner, tasks, steps, lrs)
 
-    monkeypatch.setattr(pipeline, "evaluate", spy)
-    monkeypatch.setattr(pipeline, "select_adaptation", spy_select)
-    monkeypatch.setattr(pipeline, "load_minilm", lambda: (None, torch.nn.Linear(2, 2)))
-    monkeypatch.setattr(pipeline, "minilm_embeddings", fake_minilm_embeddings)
-    monkeypatch.setattr(pipeline, "prototype_accuracies", spy_prototypes)
+    monkeypatch.setattr(comparison, "evaluate", spy)
+    monkeypatch.setattr(comparison, "select_adaptation", spy_select)
+    monkeypatch.setattr(comparison, "load_minilm", lambda: (None, torch.nn.Linear(2, 2)))
+    monkeypatch.setattr(comparison, "minilm_embeddings", fake_minilm_embeddings)
+    monkeypatch.setattr(comparison, "prototype_accuracies", spy_prototypes)
     rows = compare(run, tmp_path, n_episodes=5)
     assert [r.key for r in rows] == ["none", "mlm", "multitask", "meta", "minilm"]
     assert all(len(r.before) == 5 for r in rows)
@@ -222,7 +227,27 @@ def test_reproduce_chapter5_writes_and_reuses(run, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run and cached baselines must be reused")
 
-    monkeypatch.setattr(pipeline, "pretrain", no_training)
-    monkeypatch.setattr(pipeline, "pretrain_lm", no_training)
+    monkeypatch.setattr(reproduce, "pretrain", no_training)
+    monkeypatch.setattr(comparison, "pretrain_lm", no_training)
     again = reproduce_chapter5(tmp_path, TINY, minilm=False)
     assert [r.after for r in again] == [r.after for r in rows]
+
+
+def test_a_backbone_that_brings_its_own_tokenizer_is_one_registration(tmp_path):
+    """What a pretrained encoder such as MiniLM needs: its tokenizer replaces the word vocabulary."""
+    BACKBONES.register("test-subword", Backbone(
+        TextEncoder, tokenizer=lambda texts: SubwordTokenizer(train_tokenizer(texts, vocab_size=400))),
+        display="transformer on subwords (a test's)")
+    try:
+        config = TINY.replace(backbone="test-subword", tasks="supervised", steps=2)
+        data = prepare_data(config)
+        assert isinstance(data.vocab, SubwordTokenizer) and len(data.vocab) <= 400
+        first = data.ids["train"][0]
+        assert first[0] == data.vocab.tokenizer.cls_token_id  # subword ids, [CLS] first
+        with pytest.raises(ConfigError, match="brings its own tokenizer.*'supervised'"):
+            build_sampler(config.replace(tasks="hybrid"), data)
+        pretrain(config, tmp_path / "run", progress=False)
+        run = load_run(tmp_path / "run")
+        assert run.data.vocab.itos == data.vocab.itos and evaluate_run(run, 3).after_ci.n == 3
+    finally:
+        BACKBONES.remove("test-subword")

@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -28,44 +26,12 @@ from hypothesis import strategies as st
 
 import metabook.checkpoint as ckpt_mod
 import metabook.distributed as dist_mod
-from metabook import cli, pipeline
+from metabook import cli, data as data_mod, recipes
 from metabook.checkpoint import META_FILE, MODEL_FILE, VERSION, load_checkpoint, save_checkpoint
 from metabook.config import load_config
 from metabook.errors import CheckpointError, ConfigError, CorpusError, OutputError
-from metabook.training import latest_checkpoint, read_log
-
-SCRIPT = Path(sys.executable).parent / "metabook"
-
-# Six classes of six distinct sentences: 2 test, 2 validation and 2 training classes for
-# 2-way 2-shot tasks with 2 queries.
-CLASSES, PER_CLASS = 6, 6
-TINY = {"corpus": "text_file", "label_column": "label", "tasks": "supervised",
-        "test_classes": 2, "val_classes": 2, "n_way": 2, "k_shot": 2, "q_query": 2,
-        "min_count": 1, "dim": 8, "layers": 1, "heads": 2, "meta_batch": 2, "steps": 4,
-        "eval_every": 2, "checkpoint_every": 2, "val_episodes": 2, "test_episodes": 4,
-        "max_len": 12, "patience": 0}
-
-
-def corpus_text() -> str:
-    lines = ["text,label"]
-    for c in range(CLASSES):
-        words = [f"w{c}{x}" for x in "abcd"]
-        lines += [f"sentence {j} {words[j % 4]} {words[(j + 1) % 4]} and {words[(j + 2) % 4]},"
-                  f"topic{c}" for j in range(PER_CLASS)]
-    return "\n".join(lines) + "\n"
-
-
-def write_config(folder: Path, corpus: Path | None = None, name: str = "config.json",
-                 **changes) -> Path:
-    """A tiny config over ``corpus`` (default: a fresh copy of the good corpus)."""
-    if corpus is None:
-        corpus = folder / "corpus.csv"
-        corpus.write_text(corpus_text(), encoding="utf-8")
-    values = {**TINY, "corpus_options": {"path": str(corpus), "label_column": "label"}, **changes}
-    path = folder / name
-    path.write_text(json.dumps(values), encoding="utf-8")
-    return path
-
+from metabook.rundir import RunDir
+from tests.helpers import CLASSES, PER_CLASS, metabook, write_config
 
 def fail(capsys, *argv: str) -> str:
     """Run the command line, expecting exit status 2 and one line on stderr; returns the line."""
@@ -241,8 +207,8 @@ def _other_shape(ckpt: Path) -> None:
     """Replace the checkpoint by one of a wider model (dim 16) trained on the same data."""
     run = ckpt.parent.parent
     config = load_config(run / "config.json").replace(dim=16)
-    data = pipeline.prepare_data(config)
-    wide = pipeline.build_learner(config, len(data.vocab), data.vocab.pad_id)
+    data = data_mod.prepare_data(config)
+    wide = recipes.build_learner(config, len(data.vocab), data.vocab.pad_id)
     old = load_checkpoint(ckpt)
     shutil.rmtree(ckpt)
     save_checkpoint(ckpt, wide.state_dict(), {k: v for k, v in old.meta.items()
@@ -325,12 +291,12 @@ def test_nan_loss_keeps_the_last_checkpoint_and_resumes(value, tmp_path, capsys,
     assert f"the last good checkpoint is {out / 'checkpoints' / 'step-000002'}" in line
     assert "Lower outer_lr or clip_grad, or check the data" in line
     saved = snapshot(out / "checkpoints" / "step-000002")
-    ckpt = load_checkpoint(latest_checkpoint(out))
+    ckpt = load_checkpoint(RunDir(out).latest())
     assert ckpt.meta["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt.model.values())
     monkeypatch.setattr(dist_mod, "distributed_meta_loss", real)
     assert cli.main(["pretrain", "--out", str(out), "--resume", "--quiet"]) == 0
     assert snapshot(out / "checkpoints" / "step-000002") == saved
-    assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in RunDir(out).read_log() if "loss" in r] == [1, 2, 3, 4]
 
 
 # --- a full disk, a read-only or forbidden folder ---------------------------------------------
@@ -338,8 +304,8 @@ def test_nan_loss_keeps_the_last_checkpoint_and_resumes(value, tmp_path, capsys,
 STRERROR = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
             errno.EACCES: "Permission denied"}
 ADVICE = {errno.ENOSPC: "free some space or choose another output folder (--out)",
-          errno.EROFS: "choose an output folder (--out) on a writable disk",
-          errno.EACCES: "choose an output folder (--out) you may write to"}
+          errno.EROFS: "choose an output folder on a writable disk (--out)",
+          errno.EACCES: "choose an output folder you may write to (--out)"}
 
 
 def deny_writes(monkeypatch, root: Path, code: int) -> None:
@@ -417,7 +383,7 @@ def test_resume_into_a_folder_that_refuses_writes(code, run, capsys, monkeypatch
     assert f"cannot write {run / 'config.json'}: {STRERROR[code]}; {ADVICE[code]}" in line, line
     monkeypatch.undo()
     assert snapshot(run) == before
-    load_checkpoint(latest_checkpoint(run))
+    load_checkpoint(RunDir(run).latest())
 
 
 @pytest.mark.parametrize("code", CODES, ids=errno.errorcode.get)
@@ -438,9 +404,9 @@ def test_disk_fills_during_a_save(code, run, capsys, monkeypatch):
     assert calls and not step6.exists()
     monkeypatch.setattr(ckpt_mod, "save_file", real)
     assert snapshot(run / "checkpoints") == before  # no temporary left, nothing replaced
-    assert latest_checkpoint(run).name == "step-000004"
+    assert RunDir(run).latest().name == "step-000004"
     assert cli.main(["pretrain", "--out", str(run), "--steps", "6", "--resume", "--quiet"]) == 0
-    assert [r["step"] for r in read_log(run) if "loss" in r] == list(range(1, 7))
+    assert [r["step"] for r in RunDir(run).read_log() if "loss" in r] == list(range(1, 7))
 
 
 def test_output_error_is_still_an_oserror(tmp_path, monkeypatch):
@@ -453,22 +419,16 @@ def test_output_error_is_still_an_oserror(tmp_path, monkeypatch):
 
 # --- the real command, in a subprocess ----------------------------------------------------------
 
-def _command(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
-    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=120)
-
-
 def test_real_command_prints_one_line_and_debug_the_traceback(run, tmp_path):
     _truncate(run / "checkpoints" / "step-000004" / MODEL_FILE)
     before = snapshot(run)
-    result = _command("evaluate", str(run), "--checkpoint", "latest", "--quiet")
+    result = metabook("evaluate", str(run), "--checkpoint", "latest", "--quiet")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "model.safetensors is truncated or corrupt" in result.stderr
     config = tmp_path / "typo.yaml"
     config.write_text("n_ways: 2\n")
-    result = _command("--debug", "pretrain", "--config", str(config))
+    result = metabook("--debug", "pretrain", "--config", str(config))
     assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
     assert "metabook.errors.ConfigError: unknown config key 'n_ways'" in result.stderr
     assert snapshot(run) == before

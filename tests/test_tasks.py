@@ -7,7 +7,8 @@ import torch
 from metabook.errors import TaskError
 from metabook.samplers import (CurriculumSampler, ProportionalSampler, TemperatureSampler,
                                UniformSampler)
-from metabook.tasks import EpisodeSource, SMLMTSource, pad_batch
+from metabook.tasks import EpisodeSource, SMLMTSource
+from metabook.text import pad_batch
 from metabook.text import MASK, Vocab, words
 
 

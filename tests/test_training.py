@@ -9,12 +9,13 @@ from torch import nn
 
 import metabook.checkpoint as ckpt_mod
 from metabook.checkpoint import MODEL_FILE, load_checkpoint
-from metabook.errors import CheckpointError, TrainingError
+from metabook.errors import CheckpointError, ConfigError, TrainingError
 from metabook.evaluation import draw_episodes
 from metabook.learners import MAML, MetaSGD
 from metabook.samplers import UniformSampler
 from metabook.tasks import EpisodeSource
-from metabook.training import MetaTrainer, best_checkpoint, latest_checkpoint, read_log
+from metabook.rundir import RunDir
+from metabook.training import MetaTrainer, Trainer, make_optimizer, meta_train
 
 N_WAY = 3
 
@@ -46,15 +47,15 @@ def _weights(trainer: MetaTrainer) -> dict[str, torch.Tensor]:
 def test_log_checkpoints_and_result(tmp_path):
     result = _trainer(tmp_path).train(10)
     assert result.step == 10 and result.stopped == "completed"
-    log = read_log(tmp_path)
+    log = RunDir(tmp_path).read_log()
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 11))
     assert all({"loss", "grad_norm", "sample_seconds", "step_seconds"} <= set(r) for r in steps)
     assert [r["step"] for r in log if r.get("event") == "validation"] == [4, 8]
     # saved every 3 steps, at each validation and at the end; keep_checkpoints=2 (+ the best)
     assert [r["step"] for r in log if r.get("event") == "checkpoint"] == [3, 4, 6, 8, 9, 10]
-    assert latest_checkpoint(tmp_path).name == "step-000010"
-    ckpt = load_checkpoint(latest_checkpoint(tmp_path))
+    assert RunDir(tmp_path).latest().name == "step-000010"
+    ckpt = load_checkpoint(RunDir(tmp_path).latest())
     assert ckpt.meta["step"] == 10 and ckpt.meta["config"] == {"kind": "test"}
     assert ckpt.meta["learner"] == "MetaSGD"
     assert any(k.startswith("step_size.") for k in ckpt.model)  # the learned step sizes
@@ -80,9 +81,9 @@ def test_resume_is_bit_identical(tmp_path):
     assert ((tmp_path / "a/checkpoints/step-000010" / MODEL_FILE).read_bytes()
             == (tmp_path / "b/checkpoints/step-000010" / MODEL_FILE).read_bytes())
     strip = [{k: v for k, v in r.items() if "seconds" not in k and k != "path"}
-             for r in read_log(tmp_path / "a") if r.get("event") != "checkpoint"]
+             for r in RunDir(tmp_path / "a").read_log() if r.get("event") != "checkpoint"]
     again = [{k: v for k, v in r.items() if "seconds" not in k and k != "path"}
-             for r in read_log(tmp_path / "b") if r.get("event") != "checkpoint"]
+             for r in RunDir(tmp_path / "b").read_log() if r.get("event") != "checkpoint"]
     assert strip == again  # same losses, same validations, no duplicated steps
     assert (straight.best_step, straight.best_score) == (resumed.best_step, resumed.best_score)
 
@@ -97,13 +98,13 @@ def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
 
     with pytest.raises(Crash):
         _trainer(tmp_path, on_step=crash_at_7).train(10)  # last checkpoint: step 6
-    assert max(r["step"] for r in read_log(tmp_path)) == 7
+    assert max(r["step"] for r in RunDir(tmp_path).read_log()) == 7
     _trainer(tmp_path).train(10, resume=True)
-    assert [r["step"] for r in read_log(tmp_path) if "loss" in r] == list(range(1, 11))
+    assert [r["step"] for r in RunDir(tmp_path).read_log() if "loss" in r] == list(range(1, 11))
 
 
 def test_start_and_resume_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+    with pytest.raises(CheckpointError, match="holds no run to resume"):
         _trainer(tmp_path).train(4, resume=True)
     _trainer(tmp_path).train(3)
     with pytest.raises(CheckpointError, match="already holds a run; resume it"):
@@ -131,13 +132,13 @@ def test_nan_loss_stops_naming_the_step(tmp_path, value):
     with pytest.raises(TrainingError, match=f"the meta-loss became {value} at step 5 .*"
                                             "the last good checkpoint is .*step-000004"):
         trainer.train(10)
-    latest = latest_checkpoint(tmp_path)
+    latest = RunDir(tmp_path).latest()
     assert latest.name == "step-000004"
     ckpt = load_checkpoint(latest)
     assert all(torch.isfinite(v).all() for v in ckpt.model.values())
     # the bad step changed nothing: the weights are still those of the checkpoint
     assert all(torch.equal(ckpt.model[k], v) for k, v in trainer.learner.state_dict().items())
-    assert max(r["step"] for r in read_log(tmp_path)) == 4
+    assert max(r["step"] for r in RunDir(tmp_path).read_log()) == 4
 
 
 class _NaNGradient(torch.autograd.Function):
@@ -173,17 +174,17 @@ def test_early_stopping_keeps_the_best(tmp_path, monkeypatch):
     result = trainer.train(40)
     assert result.stopped == "early_stopping" and result.step == 10
     assert (result.best_step, result.best_score) == (4, 0.7)
-    assert best_checkpoint(tmp_path).name == "step-000004"
-    assert load_checkpoint(best_checkpoint(tmp_path)).meta["step"] == 4
-    assert latest_checkpoint(tmp_path).name == "step-000010"
-    stops = [r["early_stop"] for r in read_log(tmp_path) if r.get("event") == "validation"]
+    assert RunDir(tmp_path).best().name == "step-000004"
+    assert load_checkpoint(RunDir(tmp_path).best()).meta["step"] == 4
+    assert RunDir(tmp_path).latest().name == "step-000010"
+    stops = [r["early_stop"] for r in RunDir(tmp_path).read_log() if r.get("event") == "validation"]
     assert stops == [False, False, False, False, True]
 
 
 def test_crash_while_saving_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     trainer = _trainer(tmp_path, checkpoint_every=2, eval_every=100)
     trainer.train(4)
-    good = (latest_checkpoint(tmp_path) / MODEL_FILE).read_bytes()
+    good = (RunDir(tmp_path).latest() / MODEL_FILE).read_bytes()
     real = ckpt_mod.save_file
 
     def crash_mid_save(tensors, filename, *args, **kwargs):
@@ -195,9 +196,9 @@ def test_crash_while_saving_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt_mod, "save_file", crash_mid_save)
     with pytest.raises(OSError, match="power cut"):
         _trainer(tmp_path, checkpoint_every=2, eval_every=100).train(8, resume=True)
-    assert latest_checkpoint(tmp_path).name == "step-000004"
-    assert (latest_checkpoint(tmp_path) / MODEL_FILE).read_bytes() == good
-    load_checkpoint(latest_checkpoint(tmp_path))
+    assert RunDir(tmp_path).latest().name == "step-000004"
+    assert (RunDir(tmp_path).latest() / MODEL_FILE).read_bytes() == good
+    load_checkpoint(RunDir(tmp_path).latest())
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
     assert leftovers == []
     monkeypatch.setattr(ckpt_mod, "save_file", real)
@@ -208,7 +209,45 @@ def test_latest_pointer_corruption_is_reported(tmp_path):
     _trainer(tmp_path).train(3)
     (tmp_path / "checkpoints" / "latest.json").write_text('{"latest": ')
     with pytest.raises(CheckpointError, match="latest.json is corrupt"):
-        latest_checkpoint(tmp_path)
+        RunDir(tmp_path).latest()
     (tmp_path / "checkpoints" / "latest.json").write_text(json.dumps({"latest": "step-000099"}))
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(latest_checkpoint(tmp_path))
+        load_checkpoint(RunDir(tmp_path).latest())
+
+
+def test_meta_train_in_memory_takes_the_steps_of_a_run_on_disk(tmp_path):
+    torch.manual_seed(0)
+    learner = MAML(nn.Linear(4, N_WAY), lr=0.3, steps=1)
+    twin = MAML(nn.Linear(4, N_WAY), lr=0.3, steps=1)
+    twin.load_state_dict(learner.state_dict())
+    sampler = lambda: UniformSampler([_source("a", 1), _source("b", 2)], seed=5)  # noqa: E731
+    losses = meta_train(learner, sampler(), steps=6, lr=0.01, meta_batch=2, clip_grad=1.0)
+    MetaTrainer(twin, sampler(), tmp_path / "run", outer_lr=0.01, meta_batch=2,
+                progress=False).train(6)
+    assert losses == [r["loss"] for r in RunDir(tmp_path / "run").read_log() if "loss" in r]
+    assert all(torch.equal(a, b) for a, b in zip(learner.parameters(), twin.parameters()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # meta_train wrote nothing
+
+
+def test_the_optimizer_is_chosen_by_name():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    loss = lambda _: nn.functional.mse_loss(model(x), y)  # noqa: E731
+    grads = torch.autograd.grad(loss(None), list(model.parameters()))
+    Trainer(model, lambda: None, loss, optimizer="sgd", lr=0.1, clip_grad=0).train(1)
+    for (name, value), g in zip(model.named_parameters(), grads):
+        torch.testing.assert_close(value, before[name] - 0.1 * g)  # exactly one SGD step
+    with pytest.raises(ConfigError, match="unknown optimizer 'adan' \\(did you mean 'adam'\\?\\)"):
+        make_optimizer("adan", model.parameters(), lr=0.1)
+
+
+def test_a_nan_loss_in_memory_stops_before_the_step():
+    model = nn.Linear(3, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, lambda: None, lambda _: model.weight.sum() * float("nan"))
+    with pytest.raises(TrainingError, match="the loss became nan at step 1; the step was not "
+                                            "applied .* still those after step 0"):
+        trainer.train(3)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -17,7 +17,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from metabook import corpora, hub
+from metabook import corpora
+from metabook.corpora import benchmarks
 from metabook.errors import CorpusError
 
 DATA = Path(__file__).parent / "data"
@@ -37,7 +38,7 @@ def online(monkeypatch):
 # --- SIB-200 ------------------------------------------------------------------------------
 
 def test_sib200_reads_the_three_tsv_splits():
-    dd = hub.load_sib200("eng_Latn", data_files=SIB)
+    dd = benchmarks.load_sib200("eng_Latn", data_files=SIB)
     assert {k: len(v) for k, v in dd.items()} == {"train": 10, "validation": 2, "test": 3}
     train = dd["train"]
     assert train.column_names == ["text", "label", "language", "index_id"]
@@ -49,31 +50,31 @@ def test_sib200_reads_the_three_tsv_splits():
 
 
 def test_sib200_single_file_is_the_train_split():
-    dd = hub.load_sib200("nya_Latn", data_files=SIB["test"])
+    dd = benchmarks.load_sib200("nya_Latn", data_files=SIB["test"])
     assert list(dd) == ["train"] and set(dd["train"]["language"]) == {"nya_Latn"}
 
 
 def test_sib200_errors_name_the_input():
     with pytest.raises(CorpusError, match="'english' is not a FLORES-200 code.*eng_Latn"):
-        hub.load_sib200("english", data_files=SIB)
+        benchmarks.load_sib200("english", data_files=SIB)
     with pytest.raises(CorpusError, match="no file at .*nowhere.tsv"):
-        hub.load_sib200("eng_Latn", data_files={"train": DATA / "nowhere.tsv"})
+        benchmarks.load_sib200("eng_Latn", data_files={"train": DATA / "nowhere.tsv"})
     with pytest.raises(CorpusError, match="data_files is empty"):
-        hub.load_sib200("eng_Latn", data_files={})
+        benchmarks.load_sib200("eng_Latn", data_files={})
 
 
 def test_sib200_rejects_a_file_without_its_columns(tmp_path):
     bad = tmp_path / "train.tsv"
     bad.write_text("id\ttopic\tsentence\n1\ttravel\tA boat.\n")
     with pytest.raises(CorpusError, match=r"lacks the columns \['category', 'index_id', 'text'\] \(it has \['id'"):
-        hub.load_sib200("eng_Latn", data_files=bad)
+        benchmarks.load_sib200("eng_Latn", data_files=bad)
 
 
 def test_sib200_rejects_rows_with_extra_fields(tmp_path):
     ragged = tmp_path / "train.tsv"
     ragged.write_text("index_id\tcategory\ttext\n1\ttravel\tA boat.\n2\ttravel\tA\ttrain\tride.\n")
     with pytest.raises(CorpusError) as err:
-        hub.load_sib200("eng_Latn", data_files=ragged)
+        benchmarks.load_sib200("eng_Latn", data_files=ragged)
     assert "cannot read" in str(err.value) and "as tab-separated" in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -84,7 +85,7 @@ def test_sib200_unreachable_hub_is_one_line(online, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", no_network)
     with pytest.raises(CorpusError) as err:
-        hub.load_sib200("yor_Latn")
+        benchmarks.load_sib200("yor_Latn")
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("could not reach the Hugging Face hub to download SIB-200 (yor_Latn)")
@@ -100,7 +101,7 @@ def test_sib200_asks_the_hub_for_the_public_files(online, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", record)
     with pytest.raises(CorpusError):
-        hub.load_sib200("nya_Latn")
+        benchmarks.load_sib200("nya_Latn")
     assert asked["builder"] == "csv" and asked["delimiter"] == "\t"
     assert asked["data_files"] == {
         s: f"hf://datasets/Davlan/sib200/data/nya_Latn/{f}.tsv"
@@ -110,11 +111,11 @@ def test_sib200_asks_the_hub_for_the_public_files(online, monkeypatch):
 # --- CLINC150 -----------------------------------------------------------------------------
 
 def test_clinc150_reads_data_full_json():
-    dd = hub.load_clinc150(data_files=CLINC)
+    dd = benchmarks.load_clinc150(data_files=CLINC)
     assert {k: len(v) for k, v in dd.items()} == {"train": 6, "validation": 3, "test": 3}
     assert Counter(dd["train"]["label"]) == {"alarm": 2, "time": 2, "balance": 2}
     assert dd["validation"][0] == {"text": "please set an alarm for noon", "label": "alarm"}
-    with_oos = hub.load_clinc150(data_files=CLINC, include_oos=True)
+    with_oos = benchmarks.load_clinc150(data_files=CLINC, include_oos=True)
     assert Counter(with_oos["test"]["label"])["oos"] == 2 and len(with_oos["train"]) == 7
 
 
@@ -122,15 +123,15 @@ def test_clinc150_rejects_malformed_files(tmp_path):
     bad = tmp_path / "data_full.json"
     bad.write_text(json.dumps({"train": [], "test": []}))
     with pytest.raises(CorpusError, match="'train', 'val' and 'test'"):
-        hub.load_clinc150(data_files=bad)
+        benchmarks.load_clinc150(data_files=bad)
     bad.write_text(json.dumps({"train": [["text only"]], "val": [], "test": []}))
     with pytest.raises(CorpusError, match=r"every item of 'train' must be \[text, intent\]"):
-        hub.load_clinc150(data_files=bad)
+        benchmarks.load_clinc150(data_files=bad)
     bad.write_text("[1, 2")
     with pytest.raises(CorpusError, match="is not valid JSON"):
-        hub.load_clinc150(data_files=bad)
+        benchmarks.load_clinc150(data_files=bad)
     with pytest.raises(CorpusError, match="one file: pass the path of data_full.json"):
-        hub.load_clinc150(data_files={"train": CLINC})
+        benchmarks.load_clinc150(data_files={"train": CLINC})
 
 
 def test_clinc150_downloads_once_into_the_cache(online, monkeypatch, tmp_path):
@@ -142,10 +143,10 @@ def test_clinc150_downloads_once_into_the_cache(online, monkeypatch, tmp_path):
         return io.BytesIO(CLINC.read_bytes())
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)
-    monkeypatch.setattr(hub.urllib.request, "urlopen", fake_urlopen)
-    assert len(hub.load_clinc150()["train"]) == 6
-    assert len(hub.load_clinc150()["test"]) == 3
-    assert calls == [hub.CLINC150_URL]
+    monkeypatch.setattr(benchmarks.urllib.request, "urlopen", fake_urlopen)
+    assert len(benchmarks.load_clinc150()["train"]) == 6
+    assert len(benchmarks.load_clinc150()["test"]) == 3
+    assert calls == [benchmarks.CLINC150_URL]
     assert (tmp_path / "metabook" / "clinc150" / "data_full.json").read_bytes() == CLINC.read_bytes()
 
 
@@ -155,26 +156,26 @@ def test_download_errors_are_one_line(online, monkeypatch, tmp_path):
     def unreachable(url, timeout):
         raise urllib.error.URLError(OSError(-2, "Name or service not known"))
 
-    monkeypatch.setattr(hub.urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(benchmarks.urllib.request, "urlopen", unreachable)
     with pytest.raises(CorpusError) as err:
-        hub.load_fewrel()
+        benchmarks.load_fewrel()
     assert str(err.value).startswith("could not reach raw.githubusercontent.com to download FewRel")
     assert "\n" not in str(err.value)
 
     def not_found(url, timeout):
         raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
 
-    monkeypatch.setattr(hub.urllib.request, "urlopen", not_found)
+    monkeypatch.setattr(benchmarks.urllib.request, "urlopen", not_found)
     with pytest.raises(CorpusError, match="answered HTTP 404"):
-        hub.load_clinc150()
+        benchmarks.load_clinc150()
 
 
 def test_offline_mode_gives_one_clear_line_for_every_benchmark(tmp_path):
     """As the book runs: HF_*_OFFLINE set, no data_files, an empty cache."""
     script = (
-        "from metabook import hub\n"
+        "from metabook.corpora import benchmarks\n"
         "from metabook.errors import CorpusError\n"
-        "for load in (lambda: hub.load_sib200('eng_Latn'), hub.load_clinc150, hub.load_fewrel):\n"
+        "for load in (lambda: benchmarks.load_sib200('eng_Latn'), benchmarks.load_clinc150, benchmarks.load_fewrel):\n"
         "    try:\n"
         "        load()\n"
         "    except CorpusError as err:\n"
@@ -197,7 +198,7 @@ def test_offline_mode_gives_one_clear_line_for_every_benchmark(tmp_path):
 # --- FewRel -------------------------------------------------------------------------------
 
 def test_fewrel_marks_head_and_tail():
-    dd = hub.load_fewrel(data_files=FEWREL)
+    dd = benchmarks.load_fewrel(data_files=FEWREL)
     train, val = dd["train"], dd["validation"]
     assert Counter(train["label"]) == {"P931": 2, "P17": 3} and set(val["label"]) == {"P50"}
     assert train[0] == {
@@ -212,16 +213,16 @@ def test_fewrel_rejects_malformed_instances(tmp_path):
     bad.write_text(json.dumps({"P1": [{"tokens": ["a", "b"], "h": ["a", "Q1", [[0]]],
                                        "t": ["c", "Q2", [[5]]]}]}))
     with pytest.raises(CorpusError, match="instance 0 of 'P1'.*outside the sentence"):
-        hub.load_fewrel(data_files=bad)
+        benchmarks.load_fewrel(data_files=bad)
     bad.write_text(json.dumps({"P1": [{"tokens": ["a"], "h": ["a", "Q1"]}]}))
     with pytest.raises(CorpusError, match="instance 0 of 'P1' is not"):
-        hub.load_fewrel(data_files=bad)
+        benchmarks.load_fewrel(data_files=bad)
     bad.write_text(json.dumps([["a", "b"]]))
     with pytest.raises(CorpusError, match="must be a JSON object mapping each relation"):
-        hub.load_fewrel(data_files=bad)
+        benchmarks.load_fewrel(data_files=bad)
     bad.write_text(json.dumps({"P1": {"tokens": ["a"]}}))
     with pytest.raises(CorpusError, match="'P1' must map to a list of instances"):
-        hub.load_fewrel(data_files=bad)
+        benchmarks.load_fewrel(data_files=bad)
 
 
 # --- the same benchmarks through the corpus registry --------------------------------------

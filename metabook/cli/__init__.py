@@ -11,8 +11,12 @@
 Every subcommand has ``--help``; the defaults are the small run that fits two
 CPU cores, and ``--scale large`` is the one switch to the GPU-sized run.
 Errors that come from the user's input, or from a disk that refuses the
-output, print one line naming the problem and what to do, and exit with status
-2; ``--debug`` shows the traceback instead.
+output, print one line naming the problem and what to do, with the flags that
+change it, and exit with status 2; ``--debug`` shows the traceback instead.
+
+This package is the command line's side of metabook: its wording, its flags,
+and the book's drivers (:mod:`metabook.cli.reproduce`). It imports the library
+only when a command runs, so ``metabook --help`` stays quick.
 
 ``torchrun --nproc_per_node=2 -m metabook pretrain ...`` runs one shared job
 over two processes (see :mod:`metabook.distributed`); only process 0 prints.
@@ -28,21 +32,33 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from metabook.errors import MetabookError
+from metabook.scale import SCALES
 
 __all__ = ["main", "build_parser"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+# Settings that no flag of the running command sets, and the words that say where to.
+_ELSEWHERE = {"out": "`metabook pretrain --out DIR`",
+              "corpus": "`metabook datasets` lists every corpus with its license"}
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import metabook
+    from metabook.models import BACKBONES
+    from metabook.recipes import LEARNERS
+    from metabook.training import OPTIMIZERS
 
     print(f"metabook {metabook.__version__}")
     print(f"python   {platform.python_version()}")
     print(f"torch    {torch.__version__} (threads: {torch.get_num_threads()}, "
           f"cuda: {torch.cuda.is_available()})")
+    for title, registry in (("learners", LEARNERS), ("backbones", BACKBONES),
+                            ("optimizers", OPTIMIZERS)):
+        print(f"{title + ':':<11}" + ", ".join(f"{n} ({registry.display(n)})" for n in registry))
+    print("scales:    " + "; ".join(f"{n}: {SCALES[n]}" for n in SCALES))
     return 0
 
 
@@ -67,9 +83,9 @@ def _config(args: argparse.Namespace):  # -> PretrainConfig | None, imported laz
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from metabook import pipeline
+    from metabook import runs
 
-    result = pipeline.pretrain(_config(args), args.out, steps=args.steps, resume=args.resume,
+    result = runs.pretrain(_config(args), args.out, steps=args.steps, resume=args.resume,
                                progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, process 0 reports for all
         return 0
@@ -83,10 +99,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from metabook import pipeline
+    from metabook import runs
 
-    run = pipeline.load_run(args.run, args.checkpoint)
-    ev = pipeline.evaluate_run(run, args.episodes, progress=not (args.quiet or args.json))
+    run = runs.load_run(args.run, args.checkpoint)
+    ev = runs.evaluate_run(run, args.episodes, progress=not (args.quiet or args.json))
     before, after = ev.before_ci, ev.after_ci
     c = run.config
     if args.json:
@@ -106,13 +122,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from metabook import pipeline
+    from metabook.cli.reproduce import reproduce_chapter5
+    from metabook.comparison import markdown_table, verdict
 
     out = Path(args.out or f"runs/{args.target}")
-    rows = pipeline.reproduce_chapter5(out, _config(args), minilm=not args.no_minilm,
-                                       progress=not args.quiet)
-    print(pipeline.markdown_table(rows))
-    print(pipeline.verdict(rows))
+    rows = reproduce_chapter5(out, _config(args), minilm=not args.no_minilm,
+                              progress=not args.quiet)
+    print(markdown_table(rows))
+    print(verdict(rows))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.csv'}, {out / 'results.md'}")
     return 0
 
@@ -120,7 +137,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="JSON or YAML file of PretrainConfig keys over the defaults")
-    p.add_argument("--scale", choices=("small", "large"),
+    p.add_argument("--scale", choices=SCALES.names(),
                    help="defaults for 2 CPU cores (small, the default) or a GPU (large); "
                         "overrides METABOOK_SCALE")
     p.add_argument("--quiet", action="store_true", help="hide the progress bars")
@@ -137,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("info", help="print versions and the compute device")
-    p.set_defaults(handler=_cmd_info)
+    p.set_defaults(handler=_cmd_info, parser=p)
     p = sub.add_parser("datasets", help="list every corpus with its source and license")
-    p.set_defaults(handler=_cmd_datasets)
+    p.set_defaults(handler=_cmd_datasets, parser=p)
 
     p = sub.add_parser(
         "pretrain", help="meta-pretrain a learner, with checkpoints and exact resume",
@@ -153,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train until step N in total (default: the config's steps)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
-    p.set_defaults(handler=_cmd_pretrain)
+    p.set_defaults(handler=_cmd_pretrain, parser=p)
 
     p = sub.add_parser(
         "evaluate", help="accuracy of a run on held-out episodes, with 95%% intervals",
@@ -167,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the best-validated checkpoint or the last one (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="hide the progress bar")
-    p.set_defaults(handler=_cmd_evaluate)
+    p.set_defaults(handler=_cmd_evaluate, parser=p)
 
     p = sub.add_parser(
         "reproduce", help="regenerate a chapter's results (chapter5: the comparison table)",
@@ -179,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/TARGET)")
     p.add_argument("--no-minilm", action="store_true",
                    help="leave out the pretrained MiniLM baseline")
-    p.set_defaults(handler=_cmd_reproduce)
+    p.set_defaults(handler=_cmd_reproduce, parser=p)
     return parser
 
 
@@ -201,8 +218,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MetabookError, OSError) as err:
         if args.debug:
             raise
-        print(f"metabook {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"metabook {args.command}: error: {_one_line(err)}{_flags(err, args.parser)}",
+              file=sys.stderr)
         return 2
+
+
+def _flags(err: BaseException, parser: argparse.ArgumentParser) -> str:
+    """`` (--out, --resume)``: the flags that set what the error says to change, if any."""
+    words = []
+    for option in getattr(err, "options", ()):
+        flag = "--" + option.replace("_", "-")
+        if flag in parser._option_string_actions:
+            words.append(flag)
+        elif option in _ELSEWHERE:
+            words.append(_ELSEWHERE[option])
+    return f" ({', '.join(words)})" if words else ""
 
 
 def _one_line(err: BaseException) -> str:
