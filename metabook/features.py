@@ -1,15 +1,23 @@
-"""Character n-gram features: the baseline a practitioner tries first, in any script.
+"""Fixed, untrained features of text: hashed character n-grams.
 
-Every text becomes the counts of its character 1- to 3-grams (spaces included,
-so word beginnings and endings count), hashed into ``dim`` buckets
-(the hashing trick of Weinberger et al., 2009), log-scaled and L2-normalised; with ``idf`` the
-counts are first weighted by inverse document frequency (TF-IDF). Nothing is
-ever unknown, whatever the language, which is why prototypes on these features
-are a strong reference for languages a pretrained encoder never saw::
+:func:`ngram_features` turns each text into a vector of ``dim`` numbers
+without a vocabulary, so it works for any language, invented ones included,
+and for words it has never seen. Every character n-gram of the lower-cased
+text, padded with one space on each side (so that the n-grams at the edges of
+words differ from those inside them), is hashed into one of ``dim`` buckets
+with CRC-32, which, unlike Python's ``hash``, gives the same bucket in every
+run (the hashing trick of Weinberger et al., 2009). Counts are log-scaled, ``log(1 + c)``, so
+that a frequent n-gram does not drown the rest; with ``idf=True`` each bucket
+is weighted by its inverse document frequency over ``texts``,
+``log((1 + n) / (1 + df)) + 1``; and every row is scaled to unit length::
 
-    >>> X = ngram_features(["the cat sat", "the cat sat", "ein Hund"], dim=256)
-    >>> X.shape, bool(torch.allclose(X[0], X[1])), round(float(X[0] @ X[2]), 2) < 0.5
-    (torch.Size([3, 256]), True, True)
+    >>> x = ngram_features(["the cat sat", "The cat sat", "a dog ran"], dim=64)
+    >>> x.shape, torch.equal(x[0], x[1])
+    (torch.Size([3, 64]), True)
+    >>> [round(float(v), 4) for v in x.norm(dim=1)]
+    [1.0, 1.0, 1.0]
+    >>> bool(x[0] @ x[0] > x[0] @ x[2])  # shared n-grams make texts alike
+    True
 """
 from __future__ import annotations
 
@@ -17,34 +25,33 @@ import zlib
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ngram_features", "ngram_counts"]
+from metabook.errors import ConfigError
 
-
-def ngram_counts(texts: Sequence[str], orders: Sequence[int] = (1, 2, 3), dim: int = 2048) -> Tensor:
-    """Hashed character n-gram counts ``(len(texts), dim)`` of the lower-cased texts."""
-    X = torch.zeros(len(texts), dim)
-    for row, text in enumerate(texts):
-        s = f" {text.lower()} "
-        for n in orders:
-            for i in range(len(s) - n + 1):
-                # crc32, not hash(): the same bucket in every process and on every machine
-                X[row, zlib.crc32(s[i:i + n].encode()) % dim] += 1
-    return X
+__all__ = ["ngram_features"]
 
 
 def ngram_features(texts: Sequence[str], orders: Sequence[int] = (1, 2, 3), dim: int = 2048,
                    idf: bool = False) -> Tensor:
-    """Log-scaled (optionally TF-IDF weighted), L2-normalised hashed n-gram features.
+    """A ``(len(texts), dim)`` float tensor of hashed character n-grams (see the module).
 
-    ``idf=True`` weights each bucket by ``log((1 + n) / (1 + df)) + 1``, where
-    ``df`` counts the texts that use it, computed on ``texts`` themselves (pass
-    all the texts an experiment will compare, with no labels: nothing leaks).
+    ``orders`` are the n-gram lengths counted; ``dim`` the number of buckets.
+    A text with no n-gram of any order (an empty text with ``orders=(3,)``) is
+    a row of zeros.
     """
-    X = torch.log1p(ngram_counts(texts, orders, dim))
+    if dim < 1 or not orders or min(orders) < 1:
+        raise ConfigError(f"ngram_features needs dim >= 1 and n-gram orders >= 1; got dim={dim}, "
+                          f"orders={tuple(orders)}")
+    cells = []  # row * dim + bucket, once per n-gram: counted in one call, not one by one
+    for row, text in enumerate(texts):
+        padded = f" {text.lower()} "
+        cells += [row * dim + zlib.crc32(padded[i:i + n].encode()) % dim
+                  for n in orders for i in range(len(padded) - n + 1)]
+    counts = torch.bincount(torch.tensor(cells, dtype=torch.long),
+                            minlength=len(texts) * dim).view(len(texts), dim).float()
+    x = counts.log1p()
     if idf:
-        df = (X > 0).sum(0).float()
-        X = X * (torch.log((1 + len(texts)) / (1 + df)) + 1)
-    return F.normalize(X, dim=-1)
+        df = (counts > 0).sum(0).float()
+        x = x * (torch.log((1 + len(texts)) / (1 + df)) + 1)
+    return torch.nn.functional.normalize(x, dim=1)
