@@ -47,11 +47,28 @@ TASK_KINDS = ("smlmt", "supervised", "hybrid")
 # A pretrained encoder is fine-tuned, not trained from nothing: a smaller outer learning
 # rate, fewer steps validated more often, and the sentences at their length in subwords.
 _PRETRAINED: dict[str, dict[str, Any]] = {
-    "small": dict(outer_lr=1e-4, steps=150, eval_every=25, checkpoint_every=25, max_len=48,
+    "small": dict(outer_lr=1e-4, steps=100, eval_every=25, checkpoint_every=25, max_len=32,
                   test_episodes=600),
     "large": dict(outer_lr=5e-5, steps=1000, eval_every=100, checkpoint_every=100, max_len=128,
                   train_layers=2, test_episodes=1000),
 }
+
+
+def _defaults(scale: str, backbone: str | None) -> dict[str, Any]:
+    """The values :meth:`PretrainConfig.for_scale` starts from: those of the scale, of a
+    pretrained backbone too."""
+    if scale not in SCALES:
+        raise ConfigError(f"scale {scale!r} is not one of {SCALES.names()}")
+    base: dict[str, Any] = {"scale": scale}
+    if scale == "large":  # a GPU-sized run: wider, deeper, longer, more episodes
+        # Second-order meta-gradients where a GPU can afford them.
+        base.update(dim=256, layers=4, heads=8, max_len=64, meta_batch=16, steps=5000,
+                    eval_every=250, checkpoint_every=250, val_episodes=200,
+                    test_episodes=1000, patience=5, first_order=False)
+    if backbone in BACKBONES and BACKBONES[backbone].pretrained:
+        base.update(_PRETRAINED[scale])
+    return base
+
 
 # The keys whose values are names in a registry.
 _CHOICES: dict[str, Registry[Any]] = {"learner": LEARNERS, "backbone": BACKBONES,
@@ -204,18 +221,7 @@ class PretrainConfig:
             0.0001
         """
         scale = scale or current_scale()
-        if scale not in SCALES:
-            raise ConfigError(f"scale {scale!r} is not one of {SCALES.names()}")
-        base: dict[str, Any] = {"scale": scale}
-        if scale == "large":  # a GPU-sized run: wider, deeper, longer, more episodes
-            # Second-order meta-gradients where a GPU can afford them.
-            base.update(dim=256, layers=4, heads=8, max_len=64, meta_batch=16, steps=5000,
-                        eval_every=250, checkpoint_every=250, val_episodes=200,
-                        test_episodes=1000, patience=5, first_order=False)
-        backbone = overrides.get("backbone")
-        if backbone in BACKBONES and BACKBONES[backbone].pretrained:
-            base.update(_PRETRAINED[scale])
-        return cls.from_dict({**base, **overrides})
+        return cls.from_dict({**_defaults(scale, overrides.get("backbone")), **overrides})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "PretrainConfig":
@@ -357,7 +363,7 @@ def load_config(path: str | Path | None = None, scale: str | None = None,
         raise ConfigError(f"config key 'scale'{where} must be one of {list(SCALES)}, "
                           f"got {chosen!r}")
     backbone = overrides.get("backbone") or values.get("backbone")
-    base = PretrainConfig.for_scale(chosen, **({"backbone": backbone} if backbone else {})).to_dict()
+    base = {**PretrainConfig().to_dict(), **_defaults(chosen or current_scale(), backbone)}
     # The file is checked on its own first so that an error names the file.
     PretrainConfig.from_dict({**base, **values}, source=source)
     return PretrainConfig.from_dict({**base, **values, **overrides})

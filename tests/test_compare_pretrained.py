@@ -130,7 +130,8 @@ def test_sib200_format_with_new_languages_for_validation_and_test(tmp_path, enco
     # The from-scratch row too, at a budget that fits a test.
     small = drivers.scratch_config
     monkeypatch.setattr(drivers, "scratch_config",
-                        lambda c: small(c).replace(steps=4, eval_every=2, checkpoint_every=2))
+                        lambda c: small(c).replace(steps=4, eval_every=2, checkpoint_every=2,
+                                                   val_episodes=4))
     _check(_run(tmp_path, config), ROWS + ["scratch"], 6)
 
 

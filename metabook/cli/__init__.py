@@ -127,7 +127,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/{args.target}")
     config = _config(args) if args.config else None
-    options = dict(learners=args.learners or (), scratch=not args.no_scratch, scale=args.scale,
+    options = dict(learners=args.learners, scratch=not args.no_scratch, scale=args.scale,
                    progress=not args.quiet)
     if args.target == "chapter5":
         results = {"": reproduce.reproduce_chapter5(out, config, minilm=not args.no_minilm,

@@ -49,8 +49,7 @@ CHAPTER6: dict[str, dict[str, Any]] = {
 _SHARED = ("corpus", "corpus_options", "label_column", "test_classes", "val_classes",
            "split_seed", "tasks", "max_per_class", "val_corpus", "val_corpus_options",
            "val_label_column", "test_corpus", "test_corpus_options", "test_label_column",
-           "source_column", "sampling", "alpha", "n_way", "k_shot", "q_query", "val_episodes",
-           "test_episodes", "seed")
+           "source_column", "sampling", "alpha", "n_way", "k_shot", "q_query", "seed")
 
 
 def scratch_config(config: PretrainConfig) -> PretrainConfig:
@@ -71,12 +70,12 @@ def trained_run(config: PretrainConfig, out: str | Path, progress: bool = False)
     return load_run(run.path)
 
 
-def reproduce(config: PretrainConfig, out: str | Path, learners: Sequence[str] = (),
+def reproduce(config: PretrainConfig, out: str | Path, learners: Sequence[str] | None = None,
               scratch: bool = True, minilm: bool = True, progress: bool = False) -> list[Row]:
     """Train (or reuse) every run the comparison of ``config`` needs, measure it, write it.
 
     For a pretrained backbone the meta-pretraining runs are ``config.learner``
-    and ``learners`` (default: one more, ProtoNet or ProtoMAML), in
+    and ``learners`` (None: one more, ProtoNet or ProtoMAML), in
     ``out/meta`` and ``out/meta-NAME``; with ``scratch`` a from-scratch run
     (:func:`scratch_config`) in ``out/scratch`` joins them
     (:func:`metabook.comparison.compare_pretrained`). A backbone trained from
@@ -85,8 +84,9 @@ def reproduce(config: PretrainConfig, out: str | Path, learners: Sequence[str] =
     """
     out = Path(out)
     if BACKBONES[config.backbone].pretrained:
-        learners = list(dict.fromkeys([config.learner, *(learners or [
-            "protonet" if config.learner != "protonet" else "protomaml"])]))
+        if learners is None:
+            learners = ["protonet" if config.learner != "protonet" else "protomaml"]
+        learners = list(dict.fromkeys([config.learner, *learners]))
         runs = [trained_run(config.replace(learner=name),
                             out / ("meta" if i == 0 else f"meta-{name}"), progress)
                 for i, name in enumerate(learners)]
@@ -116,8 +116,9 @@ def write_results(out: str | Path, config: PretrainConfig, rows: Sequence[Row]) 
 
 
 def reproduce_chapter5(out: str | Path = "runs/chapter5", config: PretrainConfig | None = None,
-                       minilm: bool = True, progress: bool = False, learners: Sequence[str] = (),
-                       scratch: bool = True, scale: str | None = None) -> list[Row]:
+                       minilm: bool = True, progress: bool = False,
+                       learners: Sequence[str] | None = None, scratch: bool = True,
+                       scale: str | None = None) -> list[Row]:
     """Chapter 5's comparison: :func:`reproduce` on ``config`` (default: :data:`CHAPTER5` at
     ``scale``, which defaults to ``METABOOK_SCALE``)."""
     config = config or PretrainConfig.for_scale(scale, **CHAPTER5)
@@ -125,21 +126,23 @@ def reproduce_chapter5(out: str | Path = "runs/chapter5", config: PretrainConfig
 
 
 def reproduce_chapter6(out: str | Path = "runs/chapter6", config: PretrainConfig | None = None,
-                       progress: bool = False, learners: Sequence[str] = (), scratch: bool = True,
-                       scale: str | None = None) -> dict[str, list[Row]]:
+                       progress: bool = False, learners: Sequence[str] | None = None,
+                       scratch: bool = True, scale: str | None = None,
+                       settings: Sequence[str] | None = None) -> dict[str, list[Row]]:
     """Chapter 6's comparisons, one per setting of :data:`CHAPTER6` in ``out/SETTING``.
 
-    With ``config``, that config alone, as setting ``"config"``. Writes each
-    setting's results and ``out/results.md`` with all of them.
+    ``settings`` picks some of them; with ``config``, that config alone is run,
+    as setting ``"config"``. Writes each setting's results and ``out/results.md``
+    with all of them.
     """
     out = Path(out)
     if config is not None:
-        settings = {"config": config}
+        configs = {"config": config}
     else:
-        settings = {name: PretrainConfig.for_scale(scale, **{**CHAPTER5, **change})
-                    for name, change in CHAPTER6.items()}
+        configs = {name: PretrainConfig.for_scale(scale, **{**CHAPTER5, **CHAPTER6[name]})
+                   for name in (settings or CHAPTER6)}
     results = {name: reproduce(c, out / name, learners, scratch=scratch, progress=progress)
-               for name, c in settings.items()}
+               for name, c in configs.items()}
     (out / "results.md").write_text(
         "".join(f"## {name}\n\n{markdown_table(rows)}\n{verdict(rows)}\n\n"
                 for name, rows in results.items()), encoding="utf-8")
