@@ -102,7 +102,7 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
         return sum(scores) / len(scores)
 
     # Its checkpoints, until the encoder is saved into `directory` (which replaces them).
-    run = RunDir(directory / f"run-{fingerprint}")
+    pretraining = RunDir(directory / f"run-{fingerprint}")
     log = pretrain_lm(
         encoder, data.ids["train"], vocab_size=len(data.vocab), mask_id=data.vocab.mask_id,
         pad_id=data.vocab.pad_id, special_ids=data.vocab.special_ids, steps=config.steps,
@@ -111,7 +111,8 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
         seed=config.seed, dim=encoder_width(config),
         objective=BACKBONES[config.backbone].objective,
         labels=data.label_ids("train") if key == "multitask" else None, validate=validate,
-        eval_every=config.eval_every, progress=progress, out=run, resume=run.holds_run(),
+        eval_every=config.eval_every, progress=progress, out=pretraining,
+        resume=pretraining.holds_run(),
         checkpoint_minutes=config.checkpoint_minutes)
     save_checkpoint(directory, encoder.state_dict(),
                     {"fingerprint": fingerprint, "seconds": log.seconds, "losses": log.losses,
