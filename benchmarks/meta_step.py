@@ -38,23 +38,32 @@ the fastest correct peer's median time over metabook batched's, metabook batched
 memory over that peer's, and the largest absolute difference between metabook
 batched's float32 meta-gradient and the reference's.
 
-Usage: ``python benchmarks/meta_step.py [--rounds 20] [--warmup 3]`` (``make bench``
-builds ``.venv-bench`` with the peers and runs it there).
+**Record.** With ``--json PATH`` the table is also written to ``PATH`` with its
+provenance: date, CPU, cores, threads, load average before and after, Python,
+library versions and the git commit; per implementation the median, quartiles,
+minimum and maximum time, memory and gradient differences. Chapter 7 reads the
+copy ``make bench`` writes to ``benchmarks/results/meta_step.json``.
+
+Usage: ``python benchmarks/meta_step.py [--rounds 20] [--warmup 3] [--json PATH]``
+(``make bench`` installs the peers into ``.venv`` and runs it there).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import importlib.util
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -245,8 +254,52 @@ def _installed(module: str | None) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def run(rounds: int, warmup: int, names: list[str]) -> None:
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                             cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(rounds: int, warmup: int) -> dict[str, Any]:
+    """Where and with what the measurement was taken."""
+    versions = {}
+    for dist in ("metabook", "torch", "learn2learn", "higher", "numpy"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = None
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": THREADS,
+            "load_average_before": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "versions": versions, "git": _git_commit(), "rounds": rounds, "warmup": warmup,
+            "command": "python benchmarks/meta_step.py " + " ".join(sys.argv[1:])}
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def run(rounds: int, warmup: int, names: list[str], json_path: Path | None = None) -> None:
     torch.set_num_threads(THREADS)
+    record = {"provenance": provenance(rounds, warmup)}
     state, tasks = make_problem()
     n_params = sum(v.numel() for v in state.values())
     print(f"one second-order MAML meta-step: {META_BATCH} tasks, {N_WAY}-way {K_SHOT}-shot, "
@@ -311,17 +364,45 @@ def run(rounds: int, warmup: int, names: list[str]) -> None:
               f"{memory[n]['rss_mb']:>8.0f}{diff['float32'][n]:>13.1e}{diff['float64'][n]:>13.1e}"
               f"  {verdict}")
     for n in missing:
-        print(f"{n:<18}  not installed (bash benchmarks/install_peers.sh builds .venv-bench)")
+        print(f"{n:<18}  not installed (bash benchmarks/install_peers.sh adds the peers to .venv)")
     print(f"|Δgrad|: largest absolute difference from the {REFERENCE}'s meta-gradient; WRONG above "
           f"{TOLERANCE['float32']:.0e} in float32 or {TOLERANCE['float64']:.0e} in float64")
     if not all(m["exact_peak"] for m in memory.values()):
         print("note: /proc/self/clear_refs is not writable, so peak MB includes set-up peaks")
 
     fastest = min((n for n in names if n not in NOT_PEERS and correct[n]), key=median.get)
+    summary = {"fastest_peer": fastest,
+               "speedup_vs_fastest_peer": median[fastest] / median[METABOOK],
+               "peak_mem_ratio": memory[METABOOK]["peak_mb"] / memory[fastest]["peak_mb"],
+               "grad_maxdiff": diff["float32"][METABOOK]}
+    if json_path is not None:
+        record["provenance"]["load_average_after"] = round(os.getloadavg()[0], 2)
+        record["setup"] = {"meta_batch": META_BATCH, "n_way": N_WAY, "k_shot": K_SHOT,
+                           "n_query": N_QUERY, "inner_steps": STEPS, "inner_lr": LR,
+                           "model": f"ResidualMLP(in_dim={IN_DIM}, hidden=256, depth=3, "
+                                    f"out_dim={N_WAY})", "parameters": n_params,
+                           "tolerance": TOLERANCE, "reference": REFERENCE}
+        record["results"] = []
+        for n in sorted(names, key=median.get):
+            q1, _, q3 = statistics.quantiles(times[n], n=4)
+            record["results"].append({
+                "implementation": n, "peer": n not in NOT_PEERS,
+                "median_ms": median[n], "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
+                "min_ms": min(times[n]) * 1e3, "max_ms": max(times[n]) * 1e3,
+                "times_ms": [round(t * 1e3, 3) for t in times[n]],
+                "peak_mb": memory[n]["peak_mb"], "rss_mb": memory[n]["rss_mb"],
+                "grad_diff_float32": diff["float32"][n], "grad_diff_float64": diff["float64"][n],
+                "meta_gradient": "reference" if n == REFERENCE else
+                                 "same as reference" if correct[n] else "WRONG"})
+        record["not_installed"] = missing
+        record["summary"] = summary
+        write_record(json_path, record)
     print(f"fastest correct peer: {fastest}")
-    print(f"speedup_vs_fastest_peer={median[fastest] / median[METABOOK]:.2f} "
-          f"peak_mem_ratio={memory[METABOOK]['peak_mb'] / memory[fastest]['peak_mb']:.2f} "
-          f"grad_maxdiff={diff['float32'][METABOOK]:.1e}")
+    if json_path is not None:
+        print(f"written to {json_path}")
+    print(f"speedup_vs_fastest_peer={summary['speedup_vs_fastest_peer']:.2f} "
+          f"peak_mem_ratio={summary['peak_mem_ratio']:.2f} "
+          f"grad_maxdiff={summary['grad_maxdiff']:.1e}")
 
 
 def main() -> None:
@@ -331,6 +412,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(IMPLEMENTATIONS),
                         default=list(IMPLEMENTATIONS),
                         help=f"implementations to run ({METABOOK!r} and {REFERENCE!r} always run)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the results and their provenance to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--problem", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--grads", type=Path, help=argparse.SUPPRESS)
@@ -339,7 +422,7 @@ def main() -> None:
         worker(args.worker, args.problem, args.grads)
     else:
         names = [n for n in IMPLEMENTATIONS if n in args.only or n in (METABOOK, REFERENCE)]
-        run(args.rounds, args.warmup, names)
+        run(args.rounds, args.warmup, names, args.json)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
   backbone registry);
 - text: :mod:`~metabook.corpora` (real text that loads offline, behind a
   registry), :mod:`~metabook.text` (words, vocabularies),
-  :mod:`~metabook.tokenization` (subword tokenizers), :mod:`~metabook.synthetic`
-  (invented languages), :mod:`~metabook.ngrams` and :mod:`~metabook.objectives`
-  (n-gram models, masked and causal language modelling);
+  :mod:`~metabook.tokenization` (subword tokenizers), :mod:`~metabook.features`
+  (hashed character n-grams), :mod:`~metabook.synthetic` (invented languages),
+  :mod:`~metabook.ngrams` and :mod:`~metabook.objectives` (n-gram models, masked
+  and causal language modelling);
 - training: :mod:`~metabook.training` (the one training loop, the meta-trainer,
   the optimizers), :mod:`~metabook.rundir` (a run's folder),
   :mod:`~metabook.checkpoint` (safe checkpoints), :mod:`~metabook.distributed`
@@ -25,7 +26,8 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
   differences), :mod:`~metabook.baselines` (what meta-pretraining is measured
   against), :mod:`~metabook.memory` (what autograd saves for the backward pass),
   :mod:`~metabook.source` (library code shown on a page), :mod:`~metabook.figures`
-  (diagrams of the book's ideas);
+  (diagrams of the book's ideas), :mod:`~metabook.claims` (a sentence of the text
+  checked against its numbers);
 - a whole run: :mod:`~metabook.config` (its settings), :mod:`~metabook.recipes`
   (the learner registry, and the objects a config names), :mod:`~metabook.data`,
   :mod:`~metabook.runs`, :mod:`~metabook.comparison`, all in one import as
@@ -54,11 +56,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # metabook's own progress bars are plain text bars, so the warning only adds noise to pages.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-_MODULES = ("adaptation", "baselines", "batching", "checkpoint", "cli", "comparison", "config",
-            "corpora", "data", "distributed", "errors", "evaluation", "figures", "implicit",
-            "learners", "memory", "models", "ngrams", "objectives", "pipeline", "recipes", "registry",
-            "rundir", "runs", "samplers", "scale", "source", "synthetic", "tasks", "text",
-            "tokenization", "training")
+_MODULES = ("adaptation", "baselines", "batching", "checkpoint", "claims", "cli", "comparison",
+            "config", "corpora", "data", "distributed", "errors", "evaluation", "features",
+            "figures", "implicit", "learners", "memory", "models", "ngrams", "objectives",
+            "pipeline", "recipes", "registry", "rundir", "runs", "samplers", "scale", "source",
+            "synthetic", "tasks", "text", "tokenization", "training")
 # The names most code starts from, and the module each lives in.
 _NAMES = {"MAML": "learners", "FirstOrderMAML": "learners", "MetaSGD": "learners",
           "Reptile": "learners", "ANIL": "learners", "ProtoNet": "learners",

@@ -98,17 +98,27 @@ def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) ->
     return mean_ci([float(x) - float(y) for x, y in zip(a, b)], z)
 
 
-def draw_episodes(source: TaskSource, n: int, seed: int) -> list[Task]:
+def draw_episodes(source: TaskSource | Sequence[TaskSource], n: int, seed: int) -> list[Task]:
     """``n`` episodes from ``source`` with their own generator: the same seed, the same episodes.
+
+    Given a list of sources, the episodes take them in turn (episode ``i``
+    comes from ``source[i % len(source)]``), so that each source is measured
+    on as many episodes as the others.
 
     >>> from metabook.tasks import EpisodeSource
     >>> src = EpisodeSource(torch.arange(12.).view(12, 1), [i % 3 for i in range(12)], 2, 1, 1)
     >>> [t.classes for t in draw_episodes(src, 2, seed=0)] == \\
     ...     [t.classes for t in draw_episodes(src, 2, seed=0)]
     True
+    >>> other = EpisodeSource(torch.zeros(4, 1), [0, 0, 1, 1], 2, 1, 1, name="other")
+    >>> [t.source for t in draw_episodes([src, other], 3, seed=0)]
+    ['episodes', 'other', 'episodes']
     """
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not sources:
+        raise ConfigError("draw_episodes needs at least one task source")
     generator = torch.Generator().manual_seed(seed)
-    return [source.sample(generator) for _ in range(n)]
+    return [sources[i % len(sources)].sample(generator) for i in range(n)]
 
 
 @contextmanager

@@ -11,6 +11,10 @@ computation ran (a backward pass inside it frees what it has used, so this is
 the high-water mark), and ``held`` is what is still held when it returns, the
 graph its result keeps alive until ``backward()``. Tensors in ``exclude``
 (the parameters, which exist anyway) are not counted.
+
+The computation may run on PyTorch's ``meta`` device, where tensors have shapes
+but no data: the count is then that of the same computation on real tensors,
+for a model far too large to run (Chapter 8 counts a BERT-base meta-step so).
 """
 from __future__ import annotations
 
@@ -43,6 +47,12 @@ class SavedTensors:
         return self.held_bytes / MIB
 
 
+def _address(tensor: Tensor) -> int:
+    """What identifies a tensor's storage: its data's address, or on ``meta`` (no data) itself."""
+    storage = tensor.untyped_storage()
+    return storage._cdata if storage.device.type == "meta" else storage.data_ptr()
+
+
 class _Box:
     """Holds one saved tensor; a weak reference to the box sees autograd let it go."""
 
@@ -65,7 +75,7 @@ def saved_tensors(compute: Callable[[], Any], exclude: Iterable[Tensor] = ()) ->
         0.125
         >>> probe.result.backward()  # the result's graph is intact
     """
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    skip = {_address(t) for t in exclude}
     owners: dict[int, int] = {}  # storage address -> saved tensors that hold it
     live = peak = 0
 
@@ -81,8 +91,7 @@ def saved_tensors(compute: Callable[[], Any], exclude: Iterable[Tensor] = ()) ->
         # Detached: the box must not keep the graph alive (autograd keeps its own links
         # and restores them when it unpacks the tensor).
         box = _Box(tensor.detach())
-        storage = tensor.untyped_storage()
-        address, nbytes = storage.data_ptr(), storage.nbytes()
+        address, nbytes = _address(tensor), tensor.untyped_storage().nbytes()
         if address not in skip and nbytes:
             if address not in owners:
                 owners[address] = 0

@@ -48,11 +48,12 @@ def masked_mean(states: Tensor, keep: Tensor) -> Tensor:
 
 
 def mlp_encoder(in_dim: int, hidden: int | Sequence[int], out_dim: int,
-                seed: int | None = None) -> nn.Sequential:
-    """A small ReLU network for feature vectors: ``Linear, ReLU, ..., Linear``.
+                seed: int | None = None, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """A small network for feature vectors: ``Linear, ReLU, ..., Linear``.
 
     ``hidden`` is the width of the hidden layer, or a list of widths for
-    several. With ``seed`` the weights are those that ``torch.manual_seed(seed)``
+    several; ``activation`` the nonlinearity between layers (``nn.Tanh``, say).
+    With ``seed`` the weights are those that ``torch.manual_seed(seed)``
     followed by the construction would give, without touching the global
     random state::
 
@@ -65,15 +66,17 @@ def mlp_encoder(in_dim: int, hidden: int | Sequence[int], out_dim: int,
         )
         >>> torch.equal(net[0].weight, mlp_encoder(8, [16], 4, seed=0)[0].weight)
         True
+        >>> mlp_encoder(8, 16, 4, activation=nn.Tanh)[1]
+        Tanh()
     """
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return mlp_encoder(in_dim, hidden, out_dim)
+            return mlp_encoder(in_dim, hidden, out_dim, activation=activation)
     widths = [in_dim, *([hidden] if isinstance(hidden, int) else hidden)]
     layers: list[nn.Module] = []
     for a, b in zip(widths, widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        layers += [nn.Linear(a, b), activation()]
     return nn.Sequential(*layers, nn.Linear(widths[-1], out_dim))
 
 

@@ -64,6 +64,22 @@ def test_draw_episodes_depends_on_the_seed_only():
     assert any(not torch.equal(x.support_x, y.support_x) for x, y in zip(a, c))
 
 
+def test_draw_episodes_takes_several_sources_in_turn_from_one_generator():
+    first, second = _source(seed=0), _source(seed=1)
+    second.name = "second"
+    mixed = draw_episodes([first, second], 6, seed=4)
+    assert [t.source for t in mixed] == ["episodes", "second"] * 3
+    # one generator, advanced by every draw: episode i is what the i-th draw would give
+    g = torch.Generator().manual_seed(4)
+    by_hand = [(first, second)[i % 2].sample(g) for i in range(6)]
+    assert all(torch.equal(a.support_x, b.support_x) for a, b in zip(mixed, by_hand))
+    # a list of one source is that source
+    assert all(torch.equal(a.query_x, b.query_x) for a, b in
+               zip(draw_episodes([first], 3, seed=2), draw_episodes(first, 3, seed=2)))
+    with pytest.raises(ConfigError, match="at least one task source"):
+        draw_episodes([], 3, seed=0)
+
+
 def test_before_and_after_adaptation():
     torch.manual_seed(0)
     episodes = draw_episodes(_source(k=3), 40, seed=0)

@@ -56,3 +56,14 @@ def test_gradients_are_unchanged_and_second_order_memory_grows_with_the_steps():
     first = [held(FirstOrderMAML, j) for j in (1, 2, 3)]
     assert second[2] - second[1] == second[1] - second[0] > 0  # one more step, as much more
     assert first[0] == first[1] == first[2] < second[0]
+
+
+def test_on_the_meta_device_the_count_is_that_of_real_tensors():
+    def count(device):
+        w = torch.empty(32, 16, device=device, requires_grad=True)
+        x = torch.empty(8, 32, device=device)
+        probe = saved_tensors(lambda: (x @ w).tanh().sum() + (x[:4] @ w).sum(), exclude=[w])
+        return probe.held_bytes, probe.peak_bytes
+
+    # x (once, though x[:4] is a view of it) and tanh's output; w is excluded
+    assert count("meta") == count("cpu") == ((8 * 32 + 8 * 16) * 4,) * 2
