@@ -19,7 +19,8 @@ steps on the support set. With zero steps this is the prototype classifier.
 
 Every pretraining here runs :class:`metabook.training.Trainer`, the loop
 meta-pretraining runs too: the same optimizer choice, gradient clipping,
-finite-loss checks and validation-based choice of the best step.
+finite-loss checks and validation-based choice of the best step, and, given a
+run folder, the same checkpoints, exact resume and clean stop on Ctrl-C.
 
 ::
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -44,6 +46,7 @@ from metabook.errors import ConfigError, MetabookError
 from metabook.learners import ProtoMAML, ProtoNet
 from metabook.models import HFEncoder, TextEncoder, masked_mean
 from metabook.objectives import IGNORE_INDEX, causal_lm_loss, mask_tokens
+from metabook.rundir import RunDir
 from metabook.tasks import Task, trim_padding
 from metabook.training import Trainer
 
@@ -87,11 +90,17 @@ class PretrainLog:
     seconds: float = 0.0
 
 
-def _fit(trainer: Trainer, steps: int) -> PretrainLog:
+def _fit(trainer: Trainer, steps: int, resume: bool = False) -> PretrainLog:
     started = time.perf_counter()
-    trainer.train(steps)
-    return PretrainLog(trainer.losses, trainer.validations, trainer.best_step,
-                       time.perf_counter() - started)
+    trainer.train(steps, resume=resume)
+    if trainer.run is None:
+        return PretrainLog(trainer.losses, trainer.validations, trainer.best_step,
+                           time.perf_counter() - started)
+    # The steps before a resume are in the run's log only.
+    log = trainer.run.read_log()
+    return PretrainLog([r["loss"] for r in log if "loss" in r],
+                       [(r["step"], r["accuracy"]) for r in log if r.get("event") == "validation"],
+                       trainer.best_step, trainer.run.training_seconds())
 
 
 def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: int, pad_id: int,
@@ -99,7 +108,9 @@ def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: in
                 objective: str = "mlm", labels: Tensor | None = None,
                 special_ids: Sequence[int] = (), validate: Callable[[nn.Module], float] | None = None,
                 eval_every: int = 50, progress: bool = False, optimizer: str = "adam",
-                clip_grad: float = 1.0) -> PretrainLog:
+                clip_grad: float = 1.0, out: str | Path | RunDir | None = None,
+                resume: bool = False, checkpoint_every: int = 50,
+                checkpoint_minutes: float = 0.0) -> PretrainLog:
     """Pretrain ``encoder`` in place on the rows of ``ids`` (``(n, length)`` token ids).
 
     ``objective`` is ``"mlm"`` (BERT's masked-LM loss on 15% of the tokens) or
@@ -108,6 +119,12 @@ def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: in
     trained at the same time and its cross-entropy added: multi-task
     pretraining. With ``validate(encoder) -> score`` the encoder is scored every
     ``eval_every`` steps and left at its best-scoring weights.
+
+    With a run folder ``out`` the pretraining logs and checkpoints there (every
+    validation, every ``checkpoint_every`` steps and ``checkpoint_minutes``
+    minutes), stops cleanly on SIGINT or SIGTERM, and continues from its latest
+    checkpoint with ``resume=True`` to the weights of a pretraining never
+    stopped (:class:`~metabook.training.Trainer`).
     """
     if objective not in ("mlm", "causal"):
         raise ConfigError(f"objective must be 'mlm' or 'causal', got {objective!r}")
@@ -154,8 +171,10 @@ def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: in
     trainer = Trainer(model, batch, loss, optimizer=optimizer, lr=lr, clip_grad=clip_grad,
                       validate=None if validate is None else lambda: validate(encoder),
                       eval_every=eval_every, keep_best=True, progress=progress,
-                      desc=f"{objective} pretraining")
-    return _fit(trainer, steps)
+                      desc=f"{objective} pretraining", out=out,
+                      checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+                      generators=[gen])
+    return _fit(trainer, steps, resume)
 
 
 def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int] | Tensor,

@@ -84,7 +84,7 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
     encoder = build_encoder(config, len(data.vocab), data.vocab.pad_id).to(device(config.scale))
     directory = out / "baselines" / key
     fingerprint = config.fingerprint(ignore=("eval_every", "checkpoint_every", "keep_checkpoints",
-                                             "test_episodes", "patience"))
+                                             "test_episodes", "patience", "checkpoint_minutes"))
     if (directory / "meta.json").is_file():
         try:
             ckpt = load_checkpoint(directory)
@@ -101,6 +101,8 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
         scores = accuracies(finetuner(enc, config.inner_steps, config.inner_lr), val_tasks)
         return sum(scores) / len(scores)
 
+    # Its checkpoints, until the encoder is saved into `directory` (which replaces them).
+    pretraining = RunDir(directory / f"run-{fingerprint}")
     log = pretrain_lm(
         encoder, data.ids["train"], vocab_size=len(data.vocab), mask_id=data.vocab.mask_id,
         pad_id=data.vocab.pad_id, special_ids=data.vocab.special_ids, steps=config.steps,
@@ -109,18 +111,13 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
         seed=config.seed, dim=encoder_width(config),
         objective=BACKBONES[config.backbone].objective,
         labels=data.label_ids("train") if key == "multitask" else None, validate=validate,
-        eval_every=config.eval_every, progress=progress)
+        eval_every=config.eval_every, progress=progress, out=pretraining,
+        resume=pretraining.holds_run(),
+        checkpoint_minutes=config.checkpoint_minutes)
     save_checkpoint(directory, encoder.state_dict(),
                     {"fingerprint": fingerprint, "seconds": log.seconds, "losses": log.losses,
                      "validation": log.validation, "best_step": log.best_step})
     return encoder, log.seconds
-
-
-def _meta_seconds(out: Path) -> float:
-    """Training and validation time in the run's log (what the baselines' times also count)."""
-    return sum(r.get("sample_seconds", 0.0) + r.get("step_seconds", 0.0)
-               + (r.get("seconds", 0.0) if r.get("event") == "validation" else 0.0)
-               for r in RunDir(out).read_log())
 
 
 def compare(run: Run, out: str | Path, n_episodes: int | None = None, minilm: bool = True,
@@ -168,7 +165,8 @@ def compare(run: Run, out: str | Path, n_episodes: int | None = None, minilm: bo
     rows.append(adapted("multitask", f"Multi-task pretraining ({lm_name} + classes) + fine-tuning",
                         enc, seconds))
     rows.append(measured("meta", f"Meta-pretraining ({LEARNERS.display(config.learner)}) + "
-                         f"adaptation", run.learner, _count(run.learner), _meta_seconds(run.out)))
+                         f"adaptation", run.learner, _count(run.learner),
+                         RunDir(run.out).training_seconds()))
     if minilm:
         tokenizer, model = load_minilm()
         emb = minilm_embeddings(data.texts["test"], tokenizer, model, progress=progress)

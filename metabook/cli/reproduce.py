@@ -12,8 +12,8 @@ from pathlib import Path
 from metabook.checkpoint import write_json_atomic
 from metabook.comparison import Row, compare, markdown_table, verdict
 from metabook.config import PretrainConfig
-from metabook.rundir import RunDir
-from metabook.runs import RESULT, load_run, pretrain
+from metabook.rundir import RunDir, lock_folder
+from metabook.runs import CONFIG, RESULT, load_run, pretrain
 
 __all__ = ["reproduce_chapter5"]
 
@@ -24,16 +24,25 @@ def reproduce_chapter5(out: str | Path = "runs/chapter5", config: PretrainConfig
 
     Writes ``out/results.json``, ``out/results.csv`` and ``out/results.md``. A
     finished run in ``out/meta`` with the same config is reused, as are cached
-    baselines, so the chapter and the command share their work.
+    baselines, so the chapter and the command share their work; a run or a
+    baseline's pretraining that was stopped continues from its checkpoint.
+    ``out`` is locked while this runs (:meth:`metabook.rundir.RunDir.lock`).
     """
     out = Path(out)
     config = config or PretrainConfig.for_scale()
+    with lock_folder(out, "reproduce"):
+        return _reproduce_chapter5(out, config, minilm, progress)
+
+
+def _reproduce_chapter5(out: Path, config: PretrainConfig, minilm: bool,
+                        progress: bool) -> list[Row]:
     meta = RunDir(out / "meta")
     result = meta.read_json(RESULT)
     if not (result and result.get("fingerprint") == config.fingerprint()):
-        if meta.path.exists():  # a run of another config, or one that never finished
+        resume = meta.holds_run() and meta.read_json(CONFIG) == config.to_dict()
+        if meta.path.exists() and not resume:  # a run of another config
             shutil.rmtree(meta.path)
-        pretrain(config, meta.path, progress=progress)
+        pretrain(config, meta.path, resume=resume, progress=progress)
     rows = compare(load_run(meta.path), out, minilm=minilm, progress=progress)
     reference = next(r for r in rows if r.key == "meta")
     records = [r.as_dict(reference) for r in rows]
