@@ -19,7 +19,8 @@ steps on the support set. With zero steps this is the prototype classifier.
 
 Every pretraining here runs :class:`metabook.training.Trainer`, the loop
 meta-pretraining runs too: the same optimizer choice, gradient clipping,
-finite-loss checks and validation-based choice of the best step.
+finite-loss checks and validation-based choice of the best step, and, given a
+run folder, the same checkpoints, exact resume and clean stop on Ctrl-C.
 
 ::
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -43,6 +45,7 @@ from metabook.errors import ConfigError, MissingPackageError
 from metabook.learners import ProtoMAML, ProtoNet
 from metabook.models import HFEncoder, TextEncoder, masked_mean
 from metabook.objectives import IGNORE_INDEX, causal_lm_loss, mask_tokens
+from metabook.rundir import RunDir
 from metabook.tasks import Task, trim_padding
 from metabook.training import Trainer
 
@@ -83,11 +86,17 @@ class PretrainLog:
     seconds: float = 0.0
 
 
-def _fit(trainer: Trainer, steps: int) -> PretrainLog:
+def _fit(trainer: Trainer, steps: int, resume: bool = False) -> PretrainLog:
     started = time.perf_counter()
-    trainer.train(steps)
-    return PretrainLog(trainer.losses, trainer.validations, trainer.best_step,
-                       time.perf_counter() - started)
+    trainer.train(steps, resume=resume)
+    if trainer.run is None:
+        return PretrainLog(trainer.losses, trainer.validations, trainer.best_step,
+                           time.perf_counter() - started)
+    # The steps before a resume are in the run's log only.
+    log = trainer.run.read_log()
+    return PretrainLog([r["loss"] for r in log if "loss" in r],
+                       [(r["step"], r["accuracy"]) for r in log if r.get("event") == "validation"],
+                       trainer.best_step, trainer.run.training_seconds())
 
 
 def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: int, pad_id: int,
@@ -95,7 +104,9 @@ def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: in
                 objective: str = "mlm", labels: Tensor | None = None,
                 special_ids: Sequence[int] = (), validate: Callable[[nn.Module], float] | None = None,
                 eval_every: int = 50, progress: bool = False, optimizer: str = "adam",
-                clip_grad: float = 1.0) -> PretrainLog:
+                clip_grad: float = 1.0, out: str | Path | RunDir | None = None,
+                resume: bool = False, checkpoint_every: int = 50,
+                checkpoint_minutes: float = 0.0) -> PretrainLog:
     """Pretrain ``encoder`` in place on the rows of ``ids`` (``(n, length)`` token ids).
 
     ``objective`` is ``"mlm"`` (BERT's masked-LM loss on 15% of the tokens) or
@@ -104,6 +115,12 @@ def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: in
     trained at the same time and its cross-entropy added: multi-task
     pretraining. With ``validate(encoder) -> score`` the encoder is scored every
     ``eval_every`` steps and left at its best-scoring weights.
+
+    With a run folder ``out`` the pretraining logs and checkpoints there (every
+    validation, every ``checkpoint_every`` steps and ``checkpoint_minutes``
+    minutes), stops cleanly on SIGINT or SIGTERM, and continues from its latest
+    checkpoint with ``resume=True`` to the weights of a pretraining never
+    stopped (:class:`~metabook.training.Trainer`).
     """
     if objective not in ("mlm", "causal"):
         raise ConfigError(f"objective must be 'mlm' or 'causal', got {objective!r}")
@@ -150,8 +167,10 @@ def pretrain_lm(encoder: nn.Module, ids: Tensor, *, vocab_size: int, mask_id: in
     trainer = Trainer(model, batch, loss, optimizer=optimizer, lr=lr, clip_grad=clip_grad,
                       validate=None if validate is None else lambda: validate(encoder),
                       eval_every=eval_every, keep_best=True, progress=progress,
-                      desc=f"{objective} pretraining")
-    return _fit(trainer, steps)
+                      desc=f"{objective} pretraining", out=out,
+                      checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+                      generators=[gen])
+    return _fit(trainer, steps, resume)
 
 
 def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int] | Tensor,
@@ -159,7 +178,10 @@ def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int]
                        batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam",
                        clip_grad: float = 0.0, seed: int = 0,
                        validate: Callable[[nn.Module], float] | None = None, eval_every: int = 50,
-                       pad_id: int | None = None, progress: bool = False) -> PretrainLog:
+                       pad_id: int | None = None, progress: bool = False,
+                       out: str | Path | RunDir | None = None, resume: bool = False,
+                       checkpoint_every: int = 50, checkpoint_minutes: float = 0.0
+                       ) -> PretrainLog:
     """Multi-task pretraining of ``encoder`` in place: one classifier over all training classes.
 
     A linear head on the encoder's output predicts ``labels`` (class ids, one
@@ -169,9 +191,10 @@ def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int]
     labels mean different things in different groups (a head per user). With
     ``validate(encoder) -> score`` the encoder is scored every ``eval_every``
     steps and left at its best-scoring weights. ``inputs`` that are token ids
-    padded with ``pad_id`` lose, batch by batch, the padding no row uses.
-    Returns what happened; the head is discarded, since what is pretrained is
-    the encoder::
+    padded with ``pad_id`` lose, batch by batch, the padding no row uses. A
+    run folder ``out`` makes it stop cleanly and resume as :func:`pretrain_lm`
+    does. Returns what happened; the head is discarded, since what is
+    pretrained is the encoder::
 
         >>> from metabook.models import mlp_encoder
         >>> x = torch.cat([torch.randn(20, 4) - 2, torch.randn(20, 4) + 2])
@@ -210,8 +233,9 @@ def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int]
                       clip_grad=clip_grad,
                       validate=None if validate is None else lambda: validate(encoder),
                       eval_every=eval_every, keep_best=True, progress=progress,
-                      desc="multi-task pretraining")
-    return _fit(trainer, steps)
+                      desc="multi-task pretraining", out=out, checkpoint_every=checkpoint_every,
+                      checkpoint_minutes=checkpoint_minutes, generators=[gen])
+    return _fit(trainer, steps, resume)
 
 
 def finetuner(encoder: nn.Module, steps: int, lr: float) -> ProtoMAML:

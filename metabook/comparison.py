@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from metabook.baselines import (finetuner, load_minilm, minilm_embeddings, pretrain_lm,
-                                pretrain_multitask, prototype_accuracies)
+from metabook.baselines import (PretrainLog, finetuner, load_minilm, minilm_embeddings,
+                                pretrain_lm, pretrain_multitask, prototype_accuracies)
 from metabook.checkpoint import load_checkpoint, load_into, save_checkpoint
 from metabook.config import PretrainConfig
 from metabook.data import VAL_SEED, episodes, to_ids
@@ -98,17 +98,9 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
     """Pretrain baseline ``key`` (``"mlm"`` or ``"multitask"``), or reuse a saved one."""
     config, data = run.config, run.data
     encoder = build_encoder(config, len(data.vocab), data.vocab.pad_id).to(device(config.scale))
-    directory = out / "baselines" / key
-    fingerprint = config.fingerprint(ignore=("eval_every", "checkpoint_every", "keep_checkpoints",
-                                             "test_episodes", "patience"))
-    if (directory / "meta.json").is_file():
-        try:
-            ckpt = load_checkpoint(directory)
-            if ckpt.meta.get("fingerprint") == fingerprint:
-                load_into(encoder, ckpt.model, directory / "model.safetensors")
-                return encoder, float(ckpt.meta["seconds"])
-        except CheckpointError:
-            pass  # a broken cache entry is simply recomputed
+    cached = _cached(encoder, out / "baselines" / key, _baseline_fingerprint(config))
+    if cached is not None:
+        return encoder, cached
     val = episodes(data, "val", config.val_episodes, config.n_way, config.k_shot,
                    config.q_query, VAL_SEED + config.split_seed)
     val_tasks = to_ids(val, data.ids["val"], data.vocab.pad_id)
@@ -117,26 +109,55 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
         scores = accuracies(finetuner(enc, config.inner_steps, config.inner_lr), val_tasks)
         return sum(scores) / len(scores)
 
-    log = pretrain_lm(
-        encoder, data.ids["train"], vocab_size=len(data.vocab), mask_id=data.vocab.mask_id,
-        pad_id=data.vocab.pad_id, special_ids=data.vocab.special_ids, steps=config.steps,
-        batch_size=config.meta_batch * config.n_way * (config.k_shot + config.q_query),
-        lr=config.outer_lr, optimizer=config.optimizer, clip_grad=config.clip_grad,
-        seed=config.seed, dim=encoder_width(config),
-        objective=BACKBONES[config.backbone].objective,
-        labels=data.label_ids("train") if key == "multitask" else None, validate=validate,
-        eval_every=config.eval_every, progress=progress)
+    def train(folder: RunDir, resume: bool) -> PretrainLog:
+        return pretrain_lm(
+            encoder, data.ids["train"], vocab_size=len(data.vocab), mask_id=data.vocab.mask_id,
+            pad_id=data.vocab.pad_id, special_ids=data.vocab.special_ids, steps=config.steps,
+            batch_size=config.meta_batch * config.n_way * (config.k_shot + config.q_query),
+            lr=config.outer_lr, optimizer=config.optimizer, clip_grad=config.clip_grad,
+            seed=config.seed, dim=encoder_width(config),
+            objective=BACKBONES[config.backbone].objective,
+            labels=data.label_ids("train") if key == "multitask" else None, validate=validate,
+            eval_every=config.eval_every, progress=progress, out=folder, resume=resume,
+            checkpoint_minutes=config.checkpoint_minutes)
+    return encoder, _pretrained(encoder, out / "baselines" / key, _baseline_fingerprint(config),
+                                train)
+
+
+def _baseline_fingerprint(config: PretrainConfig) -> str:
+    """What a baseline's pretraining depends on: the config but for what only the meta run
+    uses or what does not change the result, and metabook's code."""
+    return config.fingerprint(ignore=("learner", "eval_every", "checkpoint_every",
+                                      "keep_checkpoints", "test_episodes", "patience",
+                                      "checkpoint_minutes")) + package_fingerprint()
+
+
+def _cached(encoder: nn.Module, directory: Path, fingerprint: str) -> float | None:
+    """Load the encoder saved in ``directory`` when it was made with ``fingerprint``; its
+    pretraining seconds, or None when there is none to reuse."""
+    if not (directory / "meta.json").is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(directory)
+        if ckpt.meta.get("fingerprint") != fingerprint:
+            return None
+        load_into(encoder, ckpt.model, directory / "model.safetensors")
+        return float(ckpt.meta["seconds"])
+    except CheckpointError:
+        return None  # a broken cache entry is simply recomputed
+
+
+def _pretrained(encoder: nn.Module, directory: Path, fingerprint: str,
+                train: Callable[[RunDir, bool], PretrainLog]) -> float:
+    """Run ``train(folder, resume)`` with its checkpoints in ``directory/run-FINGERPRINT``
+    (continued if stopped), then save the encoder into ``directory``; its seconds."""
+    # Its checkpoints, until the encoder is saved into `directory` (which replaces them).
+    folder = RunDir(directory / f"run-{fingerprint}")
+    log = train(folder, folder.holds_run())
     save_checkpoint(directory, encoder.state_dict(),
                     {"fingerprint": fingerprint, "seconds": log.seconds, "losses": log.losses,
                      "validation": log.validation, "best_step": log.best_step})
-    return encoder, log.seconds
-
-
-def _meta_seconds(out: Path) -> float:
-    """Training and validation time in the run's log (what the baselines' times also count)."""
-    return sum(r.get("sample_seconds", 0.0) + r.get("step_seconds", 0.0)
-               + (r.get("seconds", 0.0) if r.get("event") == "validation" else 0.0)
-               for r in RunDir(out).read_log())
+    return log.seconds
 
 
 def compare(run: Run, out: str | Path, n_episodes: int | None = None, minilm: bool = True,
@@ -184,7 +205,8 @@ def compare(run: Run, out: str | Path, n_episodes: int | None = None, minilm: bo
     rows.append(adapted("multitask", f"Multi-task pretraining ({lm_name} + classes) + fine-tuning",
                         enc, seconds))
     rows.append(measured("meta", f"Meta-pretraining ({LEARNERS.display(config.learner)}) + "
-                         f"adaptation", run.learner, _count(run.learner), _meta_seconds(run.out)))
+                         f"adaptation", run.learner, _count(run.learner),
+                         RunDir(run.out).training_seconds()))
     if minilm:
         tokenizer, model = load_minilm()
         emb = minilm_embeddings(data.texts["test"], tokenizer, model, progress=progress)
@@ -351,7 +373,7 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
         encoder = encoder_of(run.learner)
         method = f"{short} meta-pretrained ({learner}, {top}) + adaptation"
         key = "meta" if i == 0 else f"meta-{run.config.learner}"
-        seconds = _meta_seconds(run.out)
+        seconds = RunDir(run.out).training_seconds()
         if run.config.adapt_layers:
             rows.append(adapted(key, method, encoder, adapted_parameters(run.config), seconds))
         else:
@@ -364,7 +386,7 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
         rows.append(Row("scratch", f"meta-pretrained from scratch "
                                    f"({LEARNERS.display(scratch.config.learner)}, "
                                    f"{BACKBONES.display(scratch.config.backbone)})",
-                        ev.before, ev.after, _count(scratch.learner), _meta_seconds(scratch.out),
+                        ev.before, ev.after, _count(scratch.learner), RunDir(scratch.out).training_seconds(),
                         choice))
     return rows
 
@@ -374,18 +396,10 @@ def _multitask_encoder(run: Run, out: Path, progress: bool) -> tuple[nn.Module, 
     config, data = run.config, run.data
     pad = data.vocab.pad_id
     encoder = build_encoder(config, len(data.vocab), pad).to(device(config.scale))
-    directory = out / "baselines" / "multitask"
-    fingerprint = (config.fingerprint(ignore=("learner", "eval_every", "checkpoint_every",
-                                              "keep_checkpoints", "test_episodes", "patience"))
-                   + package_fingerprint())
-    if (directory / "meta.json").is_file():
-        try:
-            ckpt = load_checkpoint(directory)
-            if ckpt.meta.get("fingerprint") == fingerprint:
-                load_into(encoder, ckpt.model, directory / "model.safetensors")
-                return encoder, float(ckpt.meta["seconds"])
-        except CheckpointError:
-            pass  # a broken cache entry is simply recomputed
+    directory, fingerprint = out / "baselines" / "multitask", _baseline_fingerprint(config)
+    cached = _cached(encoder, directory, fingerprint)
+    if cached is not None:
+        return encoder, cached
     val = episodes(data, "val", config.val_episodes, config.n_way, config.k_shot,
                    config.q_query, VAL_SEED + config.split_seed)
     head = ProtoMAML(nn.Identity(), steps=0)
@@ -394,13 +408,12 @@ def _multitask_encoder(run: Run, out: Path, progress: bool) -> tuple[nn.Module, 
         scores = accuracies(head, _on(_embed(enc, data.ids["val"], pad), val))
         return sum(scores) / len(scores)
 
-    log = pretrain_multitask(
-        encoder, data.ids["train"], data.label_ids("train"), steps=config.steps,
-        batch_size=config.meta_batch * config.n_way * (config.k_shot + config.q_query),
-        lr=config.outer_lr, optimizer=config.optimizer, clip_grad=config.clip_grad,
-        seed=config.seed, validate=validate, eval_every=config.eval_every, pad_id=pad,
-        progress=progress)
-    save_checkpoint(directory, encoder.state_dict(),
-                    {"fingerprint": fingerprint, "seconds": log.seconds, "losses": log.losses,
-                     "validation": log.validation, "best_step": log.best_step})
-    return encoder, log.seconds
+    def train(folder: RunDir, resume: bool) -> PretrainLog:
+        return pretrain_multitask(
+            encoder, data.ids["train"], data.label_ids("train"), steps=config.steps,
+            batch_size=config.meta_batch * config.n_way * (config.k_shot + config.q_query),
+            lr=config.outer_lr, optimizer=config.optimizer, clip_grad=config.clip_grad,
+            seed=config.seed, validate=validate, eval_every=config.eval_every, pad_id=pad,
+            progress=progress, out=folder, resume=resume,
+            checkpoint_minutes=config.checkpoint_minutes)
+    return encoder, _pretrained(encoder, directory, fingerprint, train)

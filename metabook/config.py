@@ -111,8 +111,10 @@ class PretrainConfig:
 
     Monitoring: every ``eval_every`` steps the learner is measured on
     ``val_episodes`` fixed episodes of the validation classes, and a checkpoint
-    is saved (also every ``checkpoint_every`` steps); training stops early when
-    ``patience`` validations in a row do not improve on the best (0: never).
+    is saved (also every ``checkpoint_every`` steps, and once ``checkpoint_minutes``
+    have passed since the last one, so that a stop loses little: 0 turns that
+    off); training stops early when ``patience`` validations in a row do not
+    improve on the best (0: never).
     """
 
     # data
@@ -162,6 +164,7 @@ class PretrainConfig:
     val_episodes: int = 40
     patience: int = 3
     checkpoint_every: int = 50
+    checkpoint_minutes: float = 5.0
     keep_checkpoints: int = 2
     test_episodes: int = 200
     seed: int = 0
@@ -182,6 +185,9 @@ class PretrainConfig:
         for name in ("inner_lr", "outer_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"config key {name!r} must be > 0, got {getattr(self, name)}")
+        if self.checkpoint_minutes < 0:
+            raise ConfigError(f"config key 'checkpoint_minutes' must be >= 0 (0: no checkpoints "
+                              f"by time), got {self.checkpoint_minutes}")
         if self.clip_grad < 0:
             raise ConfigError(f"config key 'clip_grad' must be >= 0 (0: no clipping), "
                               f"got {self.clip_grad}")

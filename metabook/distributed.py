@@ -27,8 +27,8 @@ from metabook.learners import Learner
 from metabook.tasks import Task
 
 __all__ = ["shard", "is_distributed", "rank", "world_size", "init_from_env", "barrier",
-           "all_reduce_sum", "gather_shards", "distributed_meta_loss", "all_reduce_gradients",
-           "broadcast_parameters"]
+           "all_reduce_sum", "max_over_processes", "gather_shards", "distributed_meta_loss",
+           "all_reduce_gradients", "broadcast_parameters"]
 
 T = TypeVar("T")
 
@@ -82,6 +82,21 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def _device() -> torch.device:
+    """Where a collective's tensors must be: the GPU of this process for NCCL, else the CPU."""
+    return (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+            else torch.device("cpu"))
+
+
+def max_over_processes(value: int) -> int:
+    """The largest ``value`` that any process passes (``value`` itself in a single process)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def gather_shards(values: Sequence[float], total: int) -> list[float]:
     """The per-item results of every process's :func:`shard` of ``total`` items, in item order.
 
@@ -91,9 +106,7 @@ def gather_shards(values: Sequence[float], total: int) -> list[float]:
     """
     if not is_distributed():
         return list(values)
-    device = torch.device("cuda", torch.cuda.current_device()) \
-        if dist.get_backend() == "nccl" else torch.device("cpu")
-    slots = torch.zeros(total, dtype=torch.float64, device=device)
+    slots = torch.zeros(total, dtype=torch.float64, device=_device())
     start = rank() * total // world_size()
     slots[start: start + len(values)] = torch.tensor(list(values), dtype=torch.float64)
     # x + 0.0 == x exactly, so the summed slots are each process's values bit for bit.

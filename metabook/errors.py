@@ -1,4 +1,4 @@
-"""The exceptions metabook raises for problems in the user's input.
+"""The exceptions metabook raises for problems in the user's input, and for a stopped run.
 
 Each message names the input at fault and what to change, in the library's own
 terms (a parameter or a config key). ``options`` names the settings the fix
@@ -13,10 +13,12 @@ that set them; no traceback unless ``--debug``::
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 __all__ = ["MetabookError", "TaskError", "CorpusError", "CheckpointError", "ConfigError",
-           "TrainingError", "OutputError", "MissingPackageError"]
+           "TrainingError", "OutputError", "MissingPackageError", "FolderInUseError",
+           "TrainingInterrupted"]
 
 
 class MetabookError(Exception):
@@ -61,3 +63,37 @@ class OutputError(MetabookError, OSError):
 
 class MissingPackageError(MetabookError, ImportError):
     """An optional package that was asked for (a pretrained model's, a peer library) is not installed."""
+
+
+class FolderInUseError(MetabookError, RuntimeError):
+    """Another process owns the folder (see :meth:`metabook.rundir.RunDir.lock`).
+
+    ``pid`` and ``host`` name that process when it recorded them, else None.
+    """
+
+    def __init__(self, message: str, pid: int | None = None, host: str | None = None):
+        super().__init__(message)
+        self.pid, self.host = pid, host
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped because the process was sent SIGINT (Ctrl-C) or SIGTERM.
+
+    A :class:`KeyboardInterrupt`, so that code which stops on Ctrl-C stops on
+    it too, but not a :class:`MetabookError`: nothing was wrong with the
+    input. ``signum`` is the signal; ``step`` the step training can continue
+    from and ``checkpoint`` the checkpoint that holds it (None when there is
+    none: training in memory, or interrupted again before the first save);
+    ``saved`` whether that checkpoint was saved for this stop, or is an
+    earlier one because a second signal cut the save short.
+    """
+
+    def __init__(self, message: str, signum: int, step: int, checkpoint: Path | None,
+                 saved: bool):
+        super().__init__(message)
+        self.signum, self.step, self.checkpoint, self.saved = signum, step, checkpoint, saved
+
+    @property
+    def exit_status(self) -> int:
+        """128 plus the signal's number, as a shell reports a process the signal ended: 130, 143."""
+        return 128 + self.signum

@@ -9,9 +9,10 @@ it on held-out test episodes.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -20,11 +21,11 @@ from metabook import distributed
 from metabook.checkpoint import load_checkpoint, load_into
 from metabook.config import PretrainConfig, load_config
 from metabook.data import TEST_SEED, VAL_SEED, Data, episodes, prepare_data, to_ids
-from metabook.errors import CheckpointError, ConfigError
+from metabook.errors import CheckpointError, ConfigError, FolderInUseError, MetabookError
 from metabook.evaluation import Evaluation, Interval, accuracies, curve, evaluate
 from metabook.learners import Learner
 from metabook.recipes import build_learner, build_sampler
-from metabook.rundir import RunDir
+from metabook.rundir import FolderLock, RunDir
 from metabook.scale import device
 from metabook.source import package_fingerprint
 from metabook.tasks import Task
@@ -47,15 +48,20 @@ def pretrain(config: PretrainConfig | None = None, out: str | Path = "runs/pretr
     run in ``out`` continues with the config it was started with; a ``config``
     given as well must agree with it except for ``steps``.
 
+    The folder is locked while this runs (:meth:`metabook.rundir.RunDir.lock`):
+    a second process is refused with :class:`~metabook.errors.FolderInUseError`.
+    SIGINT or SIGTERM stop training after a checkpoint of the last step with
+    :class:`~metabook.errors.TrainingInterrupted` (:mod:`metabook.training`).
+
     Launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment),
     every process joins one job (gloo on the CPU, NCCL on GPUs): the weights
     start as process 0's, each process computes its share of every meta-batch,
-    and only process 0 writes into ``out``, which every process must see (on
-    several machines: a shared file system) to resume.
+    and only process 0 writes into ``out`` (and holds its lock), which every
+    process must see (on several machines: a shared file system) to resume.
     """
     run = RunDir(out)
-    run.check(resume)
     if resume:
+        run.check(resume)
         saved = load_config(run.path / CONFIG)
         if config is not None:
             differ = saved.differences(config, ignore=("steps",))
@@ -71,10 +77,28 @@ def pretrain(config: PretrainConfig | None = None, out: str | Path = "runs/pretr
     joined = not dist.is_initialized() and distributed.init_from_env(
         "nccl" if where.type == "cuda" else "gloo")
     try:
-        return _pretrain(config, run, resume, progress, on_step, where)
+        with _owned(run):
+            run.check(resume)
+            return _pretrain(config, run, resume, progress, on_step, where)
     finally:
         if joined:
             dist.destroy_process_group()
+
+
+@contextmanager
+def _owned(run: RunDir) -> Iterator[None]:
+    """Process 0 holds the run folder's lock; if it cannot, no process goes on."""
+    lock, refused = FolderLock(), None
+    if distributed.rank() == 0:
+        try:
+            lock = run.lock("training", reading=False)
+        except MetabookError as err:
+            refused = err
+    if distributed.max_over_processes(int(refused is not None)):
+        raise refused or FolderInUseError(f"process 0 of this job could not take {run.path}; "
+                                          f"its message says why")
+    with lock:
+        yield
 
 
 def _pretrain(config: PretrainConfig, run: RunDir, resume: bool, progress: bool,
@@ -91,7 +115,8 @@ def _pretrain(config: PretrainConfig, run: RunDir, resume: bool, progress: bool,
     trainer = MetaTrainer(learner, build_sampler(config, data), run, outer_lr=config.outer_lr,
                           optimizer=config.optimizer, meta_batch=config.meta_batch,
                           clip_grad=config.clip_grad, eval_every=config.eval_every,
-                          checkpoint_every=config.checkpoint_every, patience=config.patience,
+                          checkpoint_every=config.checkpoint_every,
+                          checkpoint_minutes=config.checkpoint_minutes, patience=config.patience,
                           keep_checkpoints=config.keep_checkpoints, val_tasks=val,
                           config=config.to_dict(), progress=progress, device=where,
                           on_step=on_step)
@@ -147,7 +172,11 @@ class Run:
 
 
 def load_run(out: str | Path, which: str = "best") -> Run:
-    """The run in ``out`` at its ``"best"`` (validation) or ``"latest"`` checkpoint."""
+    """The run in ``out`` at its ``"best"`` (validation) or ``"latest"`` checkpoint.
+
+    The folder is locked while it is read, so a run that another process is
+    training is refused (:class:`~metabook.errors.FolderInUseError`).
+    """
     run = RunDir(out)
     if which not in ("best", "latest"):
         raise ConfigError(f"which must be 'best' or 'latest', got {which!r}",
@@ -155,11 +184,12 @@ def load_run(out: str | Path, which: str = "best") -> Run:
     if not (run.path / CONFIG).is_file():
         raise CheckpointError(f"{run.path} holds no metabook run (no {CONFIG}); train one into "
                               f"it first", options=("out",))
-    config = load_config(run.path / CONFIG)
-    data = prepare_data(config)
-    _check_vocab(run, data.vocab)
-    path = run.best() if which == "best" else run.latest()
-    ckpt = load_checkpoint(path)
+    with run.lock("reading"):
+        config = load_config(run.path / CONFIG)
+        data = prepare_data(config)
+        _check_vocab(run, data.vocab)
+        path = run.best() if which == "best" else run.latest()
+        ckpt = load_checkpoint(path)
     learner = build_learner(config, len(data.vocab), data.vocab.pad_id)
     load_into(learner, ckpt.model, path / "model.safetensors")
     learner.to(device(config.scale))

@@ -6,12 +6,12 @@ takes the next batch, computes its loss, stops with a
 the gradient is not finite, clips the gradient's norm, and steps the optimizer
 that :data:`OPTIMIZERS` names (the config's ``optimizer``, Adam by default).
 Every ``eval_every`` steps it validates, keeps track of the best step, and stops
-early after ``patience`` validations without a gain.
+early after ``patience`` validations without a gain. Given a run folder
+(:class:`~metabook.rundir.RunDir`) it logs every step, checkpoints, and resumes
+exactly; without one it trains in memory.
 
-- :class:`MetaTrainer` trains a learner on meta-batches from a task sampler.
-  Given a run folder (:class:`~metabook.rundir.RunDir`) it logs every step,
-  checkpoints, and resumes exactly; without one it trains in memory
-  (:func:`meta_train`).
+- :class:`MetaTrainer` trains a learner on meta-batches from a task sampler
+  (:func:`meta_train`: in memory).
 - :func:`metabook.baselines.pretrain_lm` and :func:`metabook.baselines.pretrain_multitask`
   run the same loop on batches of sentences.
 
@@ -19,12 +19,30 @@ A resumed run restores the weights, the optimizer, the sampler and every
 random-number generator, so on a CPU ``N`` steps straight and ``N/2`` steps,
 a resume, and ``N/2`` more give bit-identical weights. No learning-rate
 schedule depends on the total number of steps, which is what lets a finished
-run be extended by asking for more steps.
+run be extended by asking for more steps. When a checkpoint is saved changes
+nothing else, so checkpoints every ``checkpoint_minutes`` as well as every
+``checkpoint_every`` steps keep that promise.
+
+**Stopping.** While :meth:`Trainer.fit` runs (in the main thread) it catches
+SIGINT (Ctrl-C, or a notebook's interrupt button) and SIGTERM (what schedulers
+send before they kill a job). The step in progress is finished, a trainer with
+a run folder saves a checkpoint of it, and
+:class:`~metabook.errors.TrainingInterrupted`, a :class:`KeyboardInterrupt`
+that names the step and the checkpoint, is raised; resuming from that
+checkpoint gives the weights of a run never stopped. A second signal, sent
+:data:`REPEAT_SECONDS` or more after the first, stops at once and abandons the
+step or the save; saves are atomic, so the checkpoint before stays as it was.
+The handlers that were there before are back when :meth:`~Trainer.fit` ends,
+however it ends, and a signal the process ignores (a background job's SIGINT)
+stays ignored. Under ``torchrun`` the processes agree after every step on
+whether to stop, so that all of them stop after the same one.
 """
 from __future__ import annotations
 
 import copy
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +53,16 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from metabook import distributed
-from metabook.checkpoint import load_checkpoint, load_into, rng_state, set_rng_state
-from metabook.errors import CheckpointError, ConfigError, TrainingError
+from metabook.checkpoint import Checkpoint, load_checkpoint, load_into, rng_state, set_rng_state
+from metabook.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from metabook.learners import Learner
 from metabook.registry import Registry
 from metabook.rundir import RunDir
 from metabook.samplers import TaskSampler
 from metabook.tasks import Task
 
-__all__ = ["OPTIMIZERS", "make_optimizer", "TrainResult", "Trainer", "MetaTrainer", "meta_train"]
+__all__ = ["OPTIMIZERS", "make_optimizer", "TrainResult", "REPEAT_SECONDS", "Trainer",
+           "MetaTrainer", "meta_train"]
 
 #: The outer optimizers a config may name (``optimizer: adam``).
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
@@ -62,6 +81,47 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torc
     0.1
     """
     return OPTIMIZERS[name](params, lr=lr)
+
+
+#: A second signal sooner than this after the first is the same request delivered twice (by a
+#: scheduler that signals every process of a job, and a launcher that passes it on as well).
+REPEAT_SECONDS = 1.0
+
+
+class _StopNow(KeyboardInterrupt):
+    """The second signal: stop at once, wherever the loop is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT and SIGTERM, caught while the ``with`` block runs (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._first = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():  # the only one Python lets
+            for number in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(number) is not signal.SIG_IGN:
+                    self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            # None: a handler set outside Python, which Python cannot put back; the default is.
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum, self._first = signum, time.monotonic()
+        elif time.monotonic() - self._first >= REPEAT_SECONDS:
+            self.signum = signum
+            raise _StopNow(signum)
 
 
 @dataclass
@@ -90,6 +150,14 @@ class Trainer:
     ``keep_best=True`` training ends at the weights of the best validation.
     ``on_step(step, record)`` is called after every step with the step's
     record; raising from it interrupts training like a crash would.
+
+    ``out`` is the run folder (a path or a :class:`~metabook.rundir.RunDir`)
+    to log and checkpoint into, or None to train in memory. A checkpoint is
+    saved at every validation, every ``checkpoint_every`` steps, whenever
+    ``checkpoint_minutes`` (0: never) have passed since the last one, and at
+    the end; the ``keep_checkpoints`` newest (and the best) are kept.
+    ``config`` (JSON-ready) is stored in every checkpoint, and so is the state
+    of each of ``generators``, the random-number generators that draw the batches.
     """
 
     loss_name, gradient_name = "the loss", "the gradient norm"
@@ -100,20 +168,32 @@ class Trainer:
                  optimizer: str | torch.optim.Optimizer = "adam", lr: float = 1e-3,
                  clip_grad: float = 1.0, validate: Callable[[], float] | None = None, eval_every: int = 50,
                  patience: int = 0, keep_best: bool = False, progress: bool = False,
-                 desc: str = "training", on_step: OnStep | None = None):
+                 desc: str = "training", on_step: OnStep | None = None,
+                 out: str | Path | RunDir | None = None, checkpoint_every: int = 50,
+                 checkpoint_minutes: float = 0.0, keep_checkpoints: int = 2,
+                 config: dict[str, Any] | None = None,
+                 generators: Sequence[torch.Generator] = ()):
         self.module, self._batches, self._loss, self._validate = module, batches, loss, validate
         self.params = list(module.parameters())
         self.optimizer = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
                           else make_optimizer(optimizer, self.params, lr))
         self.clip_grad, self.eval_every, self.patience = clip_grad, eval_every, patience
         self.keep_best, self.progress, self.desc, self.on_step = keep_best, progress, desc, on_step
+        self.run = out if isinstance(out, RunDir) or out is None else RunDir(out)
+        # Process 0 writes; in a single process that is this one.
+        self.writer = distributed.rank() == 0
+        self.checkpoint_every, self.checkpoint_minutes = checkpoint_every, checkpoint_minutes
+        self.keep, self.config, self.generators = keep_checkpoints, config or {}, list(generators)
         self.step = 0
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.bad_evals = 0
         self.losses: list[float] = []
         self.validations: list[tuple[int, float]] = []
+        self.last_checkpoint: Path | None = None
+        self._saved_step = 0  # the step of last_checkpoint
         self._best_state: dict[str, Tensor] | None = None
+        self._saved_at = time.monotonic()
 
     # --- what a step is made of (override to change) -------------------------------------
 
@@ -144,15 +224,10 @@ class Trainer:
         """The module's validation score (higher is better)."""
         return self._validate()
 
-    def log(self, record: dict[str, Any]) -> None:
-        """Keep the record of a step, a validation or a checkpoint (in memory: nothing to do)."""
-
-    def after_step(self, validated: bool, stop: bool, last: bool) -> None:
-        """Whatever follows a step and its validation (checkpoints, for a run on disk)."""
-
-    def where_saved(self) -> str:
-        """What is left to fall back on, for an error message."""
-        return f"the weights are still those after step {self.step}"
+    def stop_signal(self, caught: int | None) -> int | None:
+        """The signal to stop for after this step: the one caught, if any (agreed across processes
+        by a distributed trainer)."""
+        return caught
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -206,51 +281,186 @@ class Trainer:
         return stop
 
     def fit(self, steps: int, show: bool = True) -> str:
-        """Train until step ``steps`` (a total); returns why it stopped."""
+        """Train until step ``steps`` (a total); returns why it stopped.
+
+        Raises :class:`~metabook.errors.TrainingInterrupted` on SIGINT or
+        SIGTERM (see the module docstring).
+        """
         stopped = "completed"
         self.module.train()
         bar = tqdm(total=steps, initial=self.step, desc=self.desc, unit="step",
                    disable=not (self.progress and show), dynamic_ncols=True)
+        self._saved_at = time.monotonic()
         try:
-            while self.step < steps:
-                record = self.train_step()
-                self.log(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                stop = False
-                # Validation follows the eval_every grid only (not the end of this call), so
-                # an interrupted-and-resumed run validates, and picks its best step, exactly
-                # as the uninterrupted run does.
-                validated = self.validating and self.step % self.eval_every == 0
-                if validated:
-                    stop = self._validate_and_check()
-                self.after_step(validated, stop, self.step == steps)
-                if self.on_step is not None:
-                    self.on_step(self.step, record)
-                if stop:
-                    stopped = "early_stopping"
-                    break
+            with _Signals() as signals:
+                while self.step < steps:
+                    record = self.train_step()
+                    self.log(record)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                    stop = False
+                    # Validation follows the eval_every grid only (not the end of this call), so
+                    # an interrupted-and-resumed run validates, and picks its best step, exactly
+                    # as the uninterrupted run does.
+                    validated = self.validating and self.step % self.eval_every == 0
+                    if validated:
+                        stop = self._validate_and_check()
+                    self.after_step(validated, stop, self.step == steps)
+                    if self.on_step is not None:
+                        self.on_step(self.step, record)
+                    # Between two steps: the one place where stopping leaves a state to save.
+                    signum = self.stop_signal(signals.signum)
+                    if signum:
+                        raise self._interrupted(signum)
+                    if stop:
+                        stopped = "early_stopping"
+                        break
+        except _StopNow as now:
+            raise self._interrupted(now.signum, at_once=True) from None
         finally:
             bar.close()
-        if self._best_state is not None:
-            self.module.load_state_dict(self._best_state)
+        self._keep_best()
         return stopped
 
-    def train(self, steps: int) -> TrainResult:
-        """Train until step ``steps`` in memory."""
-        stopped = self.fit(steps) if self.step < steps else "already_done"
-        return TrainResult(self.step, stopped, self.best_step, self.best_score, None)
+    def _keep_best(self) -> None:
+        if self._best_state is not None:
+            self.module.load_state_dict(self._best_state)
+
+    def _interrupted(self, signum: int, at_once: bool = False) -> TrainingInterrupted:
+        """Save the last completed step (unless a second signal said ``at_once``); the exception."""
+        how = f"{self.desc} stopped by {signal.Signals(signum).name}"
+        if at_once:
+            how = f"{self.desc} stopped at once by a second {signal.Signals(signum).name}"
+        if self.run is None:
+            where = ("the weights may be partway through a step" if at_once
+                     else f"the weights are those after step {self.step}")
+            return TrainingInterrupted(f"{how}; {where} (in memory: nothing saved)", signum,
+                                       self.step, None, saved=False)
+        if at_once:
+            where = (f"the latest checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                     else "no checkpoint was saved yet")
+            return TrainingInterrupted(f"{how}, before saving; {where}", signum,
+                                       self._saved_step, self.last_checkpoint, saved=False)
+        if self.last_checkpoint != self.run.checkpoint_path(self.step):
+            self.save()
+        return TrainingInterrupted(f"{how} after step {self.step}; checkpoint: "
+                                   f"{self.last_checkpoint}", signum, self.step,
+                                   self.last_checkpoint, saved=True)
+
+    # --- the run on disk ------------------------------------------------------------------
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Keep the record of a step, a validation or a checkpoint (in the run's log)."""
+        if self.run is not None and self.writer:
+            self.run.append_log(record)
+
+    def after_step(self, validated: bool, stop: bool, last: bool) -> None:
+        """Save a checkpoint when one is due (for a run on disk)."""
+        if self.run is None:
+            return
+        due = (self.checkpoint_minutes > 0
+               and time.monotonic() - self._saved_at >= 60 * self.checkpoint_minutes)
+        if validated or stop or last or due or self.step % self.checkpoint_every == 0:
+            self.save()
+
+    def where_saved(self) -> str:
+        """What is left to fall back on, for an error message."""
+        if self.run is None:
+            return f"the weights are still those after step {self.step}"
+        return (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                else "no checkpoint was saved yet")
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the weights, the optimizer and the trainer's state."""
+        return {"generators": [g.get_state().tolist() for g in self.generators]}
+
+    def load_state(self, ckpt: Checkpoint) -> None:
+        """Restore what :meth:`state` saved into ``ckpt``."""
+        saved = ckpt.meta.get("generators", [])
+        if len(saved) != len(self.generators):
+            raise CheckpointError(f"{ckpt.path} holds {len(saved)} random-number generators, "
+                                  f"this training draws with {len(self.generators)}; resume "
+                                  f"with the settings the run was started with")
+        for generator, value in zip(self.generators, saved):
+            generator.set_state(torch.tensor(value, dtype=torch.uint8))
+
+    def save(self) -> Path:
+        """Checkpoint the current step into the run folder (process 0 writes)."""
+        started = time.perf_counter()
+        path = self.run.checkpoint_path(self.step)
+        if self.writer:
+            meta = {"step": self.step, "config": self.config, "rng": rng_state(),
+                    "trainer": {"best_score": self.best_score, "best_step": self.best_step,
+                                "bad_evals": self.bad_evals}, **self.state()}
+            self.run.save_checkpoint(self.step, self.module.state_dict(), meta,
+                                     self.optimizer.state_dict(), best_step=self.best_step,
+                                     best_score=self.best_score, keep=self.keep)
+            self.log({"step": self.step, "event": "checkpoint", "path": str(path),
+                      "seconds": time.perf_counter() - started})
+        # Only now: a save cut short leaves the last checkpoint what it was.
+        self.last_checkpoint, self._saved_step, self._saved_at = path, self.step, time.monotonic()
+        return path
+
+    def restore(self) -> int:
+        """Continue from the latest checkpoint in the run folder; returns its step."""
+        ckpt = load_checkpoint(self.run.latest())
+        load_into(self.module, ckpt.model, ckpt.path / "model.safetensors")
+        if ckpt.optimizer is None:
+            raise CheckpointError(f"{ckpt.path} has no optimizer state, so training cannot "
+                                  f"continue from it exactly; start a new run instead")
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"the optimizer state in {ckpt.path} does not fit this "
+                                  f"model ({err}); resume with the configuration the run "
+                                  f"was started with") from None
+        self.load_state(ckpt)
+        set_rng_state(ckpt.meta["rng"])
+        state = ckpt.meta["trainer"]
+        self.best_score, self.best_step = state["best_score"], state["best_step"]
+        self.bad_evals = state["bad_evals"]
+        self.step = int(ckpt.meta["step"])
+        self.last_checkpoint, self._saved_step = ckpt.path, self.step
+        if self.keep_best and self.best_step is not None:
+            # The best step's checkpoint is never pruned; it holds the weights kept in memory.
+            self._best_state = load_checkpoint(self.run.checkpoint_path(self.best_step)).model
+        if self.writer:
+            self.run.truncate_log(self.step)
+        return self.step
+
+    def train(self, steps: int, resume: bool = False) -> TrainResult:
+        """Train until step ``steps`` (a total, not a count of new steps).
+
+        With a run folder and ``resume=True`` training continues from the
+        latest checkpoint in it; without ``resume``, the folder must not hold a
+        run already. The folder is locked while training
+        (:meth:`metabook.rundir.RunDir.start`).
+        """
+        if self.run is None:
+            if resume:
+                raise ConfigError("a trainer without a run folder has nothing to resume; give "
+                                  "it the folder of the run", options=("out",))
+            stopped = self.fit(steps) if self.step < steps else "already_done"
+            return TrainResult(self.step, stopped, self.best_step, self.best_score, None)
+        with self.run.start(resume, write=self.writer):
+            if resume:
+                self.restore()
+            if self.step >= steps:
+                self._keep_best()
+                return TrainResult(self.step, "already_done", self.best_step, self.best_score,
+                                   self.last_checkpoint or self.run.latest())
+            stopped = self.fit(steps, show=self.writer)
+        return TrainResult(self.step, stopped, self.best_step, self.best_score,
+                           self.last_checkpoint)
 
 
 class MetaTrainer(Trainer):
     """Meta-trains ``learner`` on meta-batches of ``meta_batch`` tasks from ``sampler``.
 
-    ``out`` is the run folder (a path or a :class:`~metabook.rundir.RunDir`) to
-    log and checkpoint into, or None to train in memory. ``val_tasks`` are fixed
-    held-out tasks for validation (none: no validation and no early stopping);
-    a checkpoint is saved at every validation, every ``checkpoint_every``
-    steps and at the end, and the ``keep_checkpoints`` newest (and the best)
-    are kept. ``config`` (JSON-ready) is stored in every checkpoint.
+    ``out`` is the run folder to log and checkpoint into, or None to train in
+    memory, as for :class:`Trainer`. ``val_tasks`` are fixed held-out tasks for
+    validation (none: no validation and no early stopping). The sampler's
+    state is stored in every checkpoint.
 
     Launched by ``torchrun``, every process computes its share of each
     meta-batch and only process 0 writes (:mod:`metabook.distributed`).
@@ -263,21 +473,19 @@ class MetaTrainer(Trainer):
                  out: str | Path | RunDir | None = None, *, outer_lr: float = 1e-3,
                  optimizer: str | torch.optim.Optimizer = "adam", meta_batch: int = 4,
                  clip_grad: float = 1.0, eval_every: int = 50, checkpoint_every: int = 50,
-                 patience: int = 0, keep_checkpoints: int = 2, val_tasks: Sequence[Task] = (),
-                 config: dict[str, Any] | None = None, progress: bool = True,
-                 device: torch.device | str = "cpu", on_step: OnStep | None = None):
+                 checkpoint_minutes: float = 0.0, patience: int = 0, keep_checkpoints: int = 2,
+                 val_tasks: Sequence[Task] = (), config: dict[str, Any] | None = None,
+                 progress: bool = True, device: torch.device | str = "cpu",
+                 on_step: OnStep | None = None):
         super().__init__(learner.to(device), optimizer=optimizer, lr=outer_lr,
                          clip_grad=clip_grad, eval_every=eval_every, patience=patience,
-                         progress=progress, desc="meta-pretraining", on_step=on_step)
+                         progress=progress, desc="meta-pretraining", on_step=on_step, out=out,
+                         checkpoint_every=checkpoint_every,
+                         checkpoint_minutes=checkpoint_minutes,
+                         keep_checkpoints=keep_checkpoints, config=config)
         self.learner, self.sampler = learner, sampler
         self.meta_batch, self.device = meta_batch, device
-        self.run = out if isinstance(out, RunDir) or out is None else RunDir(out)
-        # Process 0 writes; in a single process that is this one.
-        self.writer = distributed.rank() == 0
-        self.checkpoint_every, self.keep = checkpoint_every, keep_checkpoints
         self.val_tasks = [t.to(device) for t in val_tasks]
-        self.config = config or {}
-        self.last_checkpoint: Path | None = None
 
     # --- a meta-batch ---------------------------------------------------------------------
 
@@ -296,6 +504,10 @@ class MetaTrainer(Trainer):
 
     def describe(self, tasks: list[Task]) -> str:
         return f" (tasks from {sorted({t.source for t in tasks})})"
+
+    def stop_signal(self, caught: int | None) -> int | None:
+        # Every process stops after the same step, or the collectives of the next would hang.
+        return distributed.max_over_processes(caught or 0) or None
 
     # --- validation -----------------------------------------------------------------------
 
@@ -320,88 +532,18 @@ class MetaTrainer(Trainer):
 
     # --- the run on disk ------------------------------------------------------------------
 
-    def log(self, record: dict[str, Any]) -> None:
-        if self.run is not None and self.writer:
-            self.run.append_log(record)
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "learner": type(self.learner).__name__,
+                "sampler": self.sampler.state_dict()}
 
-    def after_step(self, validated: bool, stop: bool, last: bool) -> None:
-        if self.run is not None and (validated or stop or last
-                                     or self.step % self.checkpoint_every == 0):
-            self.save()
-
-    def where_saved(self) -> str:
-        if self.run is None:
-            return super().where_saved()
-        return (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                else "no checkpoint was saved yet")
-
-    def save(self) -> Path:
-        """Checkpoint the current step into the run folder (process 0 writes)."""
-        started = time.perf_counter()
-        self.last_checkpoint = self.run.checkpoint_path(self.step)
-        if not self.writer:
-            return self.last_checkpoint
-        meta = {"step": self.step, "learner": type(self.learner).__name__,
-                "config": self.config, "sampler": self.sampler.state_dict(),
-                "rng": rng_state(), "trainer": {"best_score": self.best_score,
-                                                "best_step": self.best_step,
-                                                "bad_evals": self.bad_evals}}
-        self.run.save_checkpoint(self.step, self.learner.state_dict(), meta,
-                                 self.optimizer.state_dict(), best_step=self.best_step,
-                                 best_score=self.best_score, keep=self.keep)
-        self.log({"step": self.step, "event": "checkpoint", "path": str(self.last_checkpoint),
-                  "seconds": time.perf_counter() - started})
-        return self.last_checkpoint
-
-    def restore(self) -> int:
-        """Continue from the latest checkpoint in the run folder; returns its step."""
-        ckpt = load_checkpoint(self.run.latest())
-        load_into(self.learner, ckpt.model, ckpt.path / "model.safetensors")
-        if ckpt.optimizer is None:
-            raise CheckpointError(f"{ckpt.path} has no optimizer state, so training cannot "
-                                  f"continue from it exactly; start a new run instead")
-        try:
-            self.optimizer.load_state_dict(ckpt.optimizer)
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"the optimizer state in {ckpt.path} does not fit this "
-                                  f"learner ({err}); resume with the configuration the run "
-                                  f"was started with") from None
+    def load_state(self, ckpt: Checkpoint) -> None:
+        super().load_state(ckpt)
         try:
             self.sampler.load_state_dict(ckpt.meta["sampler"])
         except Exception as err:
             raise CheckpointError(f"the sampler state in {ckpt.path} does not fit this run's "
                                   f"task sources ({err}); resume with the configuration the run "
                                   f"was started with") from None
-        set_rng_state(ckpt.meta["rng"])
-        state = ckpt.meta["trainer"]
-        self.best_score, self.best_step = state["best_score"], state["best_step"]
-        self.bad_evals = state["bad_evals"]
-        self.step = int(ckpt.meta["step"])
-        self.last_checkpoint = ckpt.path
-        if self.writer:
-            self.run.truncate_log(self.step)
-        return self.step
-
-    def train(self, steps: int, resume: bool = False) -> TrainResult:
-        """Train until step ``steps`` (a total, not a count of new steps).
-
-        With ``resume=True`` training continues from the latest checkpoint in
-        the run folder; without it, the folder must not hold a run already.
-        """
-        if self.run is None:
-            if resume:
-                raise ConfigError("a trainer without a run folder has nothing to resume; give "
-                                  "it the folder of the run", options=("out",))
-            return super().train(steps)
-        self.run.start(resume, write=self.writer)
-        if resume:
-            self.restore()
-        if self.step >= steps:
-            return TrainResult(self.step, "already_done", self.best_step, self.best_score,
-                               self.last_checkpoint or self.run.latest())
-        stopped = self.fit(steps, show=self.writer)
-        return TrainResult(self.step, stopped, self.best_step, self.best_score,
-                           self.last_checkpoint)
 
 
 def meta_train(learner: Learner, sampler: TaskSampler, steps: int, *,

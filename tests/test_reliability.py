@@ -370,9 +370,9 @@ def test_new_run_into_a_folder_that_refuses_writes(code, tmp_path, capsys, monke
     out = tmp_path / "out"
     deny_writes(monkeypatch, out, code)
     line = fail(capsys, "pretrain", "--config", str(config), "--out", str(out), "--quiet")
-    target = out if code != errno.ENOSPC else out / "vocab.json"  # a full disk still makes folders
-    assert f"cannot write {'the run to ' if code != errno.ENOSPC else ''}{target}: " \
-           f"{STRERROR[code]}; {ADVICE[code]}" in line, line
+    # The folder (a full disk still makes folders), or the lock file in it, is the first write.
+    assert f"cannot write the run to {out}: {STRERROR[code]}; {ADVICE[code]}" in line, line
+    assert not out.exists()  # nothing half-made is left behind
 
 
 @pytest.mark.parametrize("code", CODES, ids=errno.errorcode.get)
@@ -380,7 +380,8 @@ def test_resume_into_a_folder_that_refuses_writes(code, run, capsys, monkeypatch
     before = snapshot(run)
     deny_writes(monkeypatch, run, code)
     line = fail(capsys, "pretrain", "--out", str(run), "--steps", "6", "--resume", "--quiet")
-    assert f"cannot write {run / 'config.json'}: {STRERROR[code]}; {ADVICE[code]}" in line, line
+    # The lock file is the first write, before config.json.
+    assert f"cannot write the run to {run}: {STRERROR[code]}; {ADVICE[code]}" in line, line
     monkeypatch.undo()
     assert snapshot(run) == before
     load_checkpoint(RunDir(run).latest())

@@ -13,6 +13,11 @@ CPU cores, and ``--scale large`` is the one switch to the GPU-sized run.
 Errors that come from the user's input, or from a disk that refuses the
 output, print one line naming the problem and what to do, with the flags that
 change it, and exit with status 2; ``--debug`` shows the traceback instead.
+A run folder that another process is using is such an error, naming that
+process. Ctrl-C (SIGINT) or SIGTERM during training saves a checkpoint of the
+last finished step and prints one line naming the step, the checkpoint and the
+command that resumes; the exit status is 130 or 143, as for a process the
+signal had ended (:mod:`metabook.training` says what a second Ctrl-C does).
 
 This package is the command line's side of metabook: its wording, its flags,
 and the book's drivers (:mod:`metabook.cli.reproduce`). It imports the library
@@ -27,11 +32,13 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from metabook.errors import MetabookError
+from metabook.errors import MetabookError, TrainingInterrupted
 from metabook.scale import SCALES
 
 __all__ = ["main", "build_parser"]
@@ -172,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="meta-pretrain a learner, with checkpoints and exact resume",
         description="Meta-pretrain into OUT: config.json, vocab.json, log.jsonl (one JSON line "
                     "per step) and checkpoints/ (safetensors + JSON). With --resume the run in "
-                    "OUT continues from its latest checkpoint exactly as if it had not stopped.")
+                    "OUT continues from its latest checkpoint exactly as if it had not stopped; "
+                    "Ctrl-C or SIGTERM saves a checkpoint of the last finished step before it "
+                    "exits.")
     _add_config_options(p)
     p.add_argument("--out", default="runs/pretrain", metavar="DIR",
                    help="output directory (default: %(default)s)")
@@ -236,12 +245,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"got {args.episodes}")
     try:
         return handler(args)
+    except KeyboardInterrupt as err:
+        if args.debug:
+            raise
+        return _interrupted(err, args, sys.argv[1:] if argv is None else list(argv))
     except (MetabookError, OSError) as err:
         if args.debug:
             raise
         print(f"metabook {args.command}: error: {_one_line(err)}{_flags(err, args.parser)}",
               file=sys.stderr)
         return 2
+
+
+def _interrupted(err: KeyboardInterrupt, args: argparse.Namespace, argv: list[str]) -> int:
+    """Say in one line where a signal stopped the command and how to go on; the exit status."""
+    if isinstance(err, TrainingInterrupted):
+        again = list(argv)
+        if err.checkpoint is not None and args.command == "pretrain" and "--resume" not in again:
+            again.append("--resume")
+        how = "resume with" if err.checkpoint is not None else "start again with"
+        line, status = f"{err}; {how}: {shlex.join(['metabook', *again])}", err.exit_status
+    else:  # Ctrl-C before or after training, where there is nothing to save
+        line, status = "interrupted (SIGINT) while no training step ran", 128 + signal.SIGINT
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, process 0 reports for all
+        print(f"metabook {args.command}: {line}", file=sys.stderr)
+    return status
 
 
 def _flags(err: BaseException, parser: argparse.ArgumentParser) -> str:

@@ -21,8 +21,8 @@ from metabook.checkpoint import write_json_atomic
 from metabook.comparison import Row, compare, compare_pretrained, markdown_table, verdict
 from metabook.config import PretrainConfig
 from metabook.models import BACKBONES
-from metabook.rundir import RunDir
-from metabook.runs import RESULT, Run, load_run, pretrain
+from metabook.rundir import RunDir, lock_folder
+from metabook.runs import CONFIG, RESULT, Run, load_run, pretrain
 from metabook.source import package_fingerprint
 
 __all__ = ["CHAPTER5", "CHAPTER6", "reproduce", "reproduce_chapter5", "reproduce_chapter6",
@@ -59,14 +59,19 @@ def scratch_config(config: PretrainConfig) -> PretrainConfig:
 
 
 def trained_run(config: PretrainConfig, out: str | Path, progress: bool = False) -> Run:
-    """The run of ``config`` in ``out``: reused when config and code match, trained otherwise."""
+    """The run of ``config`` in ``out``: reused when config and code match, trained otherwise.
+
+    A run of the same config that was stopped before it finished continues from
+    its checkpoint.
+    """
     run = RunDir(out)
     result = run.read_json(RESULT) or {}
     if (result.get("fingerprint"), result.get("code")) != (config.fingerprint(),
                                                            package_fingerprint()):
-        if run.path.exists():  # another config's run, older code's, or one that never finished
+        resume = not result and run.holds_run() and run.read_json(CONFIG) == config.to_dict()
+        if run.path.exists() and not resume:  # another config's run, or older code's
             shutil.rmtree(run.path)
-        pretrain(config, run.path, progress=progress)
+        pretrain(config, run.path, resume=resume, progress=progress)
     return load_run(run.path)
 
 
@@ -80,9 +85,16 @@ def reproduce(config: PretrainConfig, out: str | Path, learners: Sequence[str] |
     (:func:`scratch_config`) in ``out/scratch`` joins them
     (:func:`metabook.comparison.compare_pretrained`). A backbone trained from
     scratch gets :func:`metabook.comparison.compare` (``minilm``: with the
-    frozen MiniLM's row). Writes ``out/results.{json,csv,md}``.
+    frozen MiniLM's row). Writes ``out/results.{json,csv,md}``. ``out`` is
+    locked while this runs (:meth:`metabook.rundir.RunDir.lock`).
     """
     out = Path(out)
+    with lock_folder(out, "reproduce"):
+        return _reproduce(config, out, learners, scratch, minilm, progress)
+
+
+def _reproduce(config: PretrainConfig, out: Path, learners: Sequence[str] | None,
+               scratch: bool, minilm: bool, progress: bool) -> list[Row]:
     if BACKBONES[config.backbone].pretrained:
         if learners is None:
             learners = ["protonet" if config.learner != "protonet" else "protomaml"]
