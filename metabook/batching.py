@@ -31,12 +31,17 @@ same backward formulas as any other code. The usual functorch recipe, ``torch.fu
 inside ``vmap``, instead runs each backward formula under ``vmap``, and on torch
 2.13 that gives a wrong second-order gradient for parameters that feed a LayerNorm.
 
-**Memory.** The graphs of all tasks stay alive until ``backward()``, as they do
-for the loop in :meth:`metabook.learners.Learner.meta_batch_loss`, and the
-parameter-sized tensors of the backward pass exist for all tasks at once. A loop
-that calls ``backward()`` once per task holds one task's graph at a time: on the
-problem of ``make bench`` it needs about a quarter of the batched path's memory
-and takes 1.2 to 1.6 times as long (2 CPU threads).
+**Memory, and chunks.** A second-order meta-gradient needs every inner step's
+graph until the backward pass reaches it, so adapting all ``T`` tasks at once holds
+``T`` graphs. :func:`batched_meta_loss` therefore works through the meta-batch in
+chunks of ``chunk_size`` tasks: it adapts one chunk under ``vmap``, takes that
+chunk's meta-gradient at once (``autograd.grad``, which frees the chunk's graph),
+adds it to the chunks before, and moves on. The loss it returns carries the summed
+gradient, so its ``backward()`` fills ``.grad`` as the unchunked loss would, equal up
+to rounding (the order of a sum changes). Peak memory is then one chunk's graph,
+not the meta-batch's, and the batched speed is kept within a chunk.
+:func:`auto_chunk_size` picks the chunk from the size of the adapted parameters
+and the meta-batch (see there); ``chunk_size`` overrides it.
 
 **Randomness.** ``vmap`` runs with ``randomness="different"``: dropout draws
 independent masks for every task, as a loop does, but not the same masks.
@@ -50,10 +55,11 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metabook.adaptation import LossFn, Params, StepSize, gradients, update
+from metabook.adaptation import LossFn, Params, StepSize, adapt, gradients, update
 from metabook.tasks import Task
 
-__all__ = ["stack_tasks", "batched_loss", "batched_adapt", "batched_meta_loss"]
+__all__ = ["stack_tasks", "batched_loss", "batched_adapt", "batched_meta_loss",
+           "auto_chunk_size", "CHUNK_BUDGET_MB"]
 
 
 def stack_tasks(tasks: Sequence[Task]) -> Task | None:
@@ -122,10 +128,68 @@ def batched_adapt(loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, steps: 
     return fast
 
 
+def auto_chunk_size(params: Params, n_tasks: int, steps: int, first_order: bool = False,
+                    budget_mb: float | None = None) -> int:
+    """How many tasks :func:`batched_meta_loss` adapts at once: the rule behind ``chunk_size=None``.
+
+    A second-order inner step keeps about two parameter-sized tensors per task for
+    the backward pass (the adapted parameters and what their gradient's own
+    backward needs), so one task's graph holds about ``2 * steps * bytes(params)``
+    (``2 * bytes(params)`` first-order); activations are not counted. If the whole
+    meta-batch's graphs fit in ``budget_mb`` (default :data:`CHUNK_BUDGET_MB`), it is
+    one chunk; otherwise the chunk is as many tasks as fit, and at least one. So
+    small models, whose steps are mostly fixed overhead that ``vmap`` shares out,
+    adapt the whole meta-batch at once, and larger ones go in small chunks, where
+    each extra task in flight costs a graph and batching saves little time (on
+    ``make bench``'s 217,000-parameter model, one task at a time matches the peers'
+    memory; the whole meta-batch at once took about 5 to 9 times the memory for
+    1.1 to 1.3 times the speed)::
+
+        >>> import torch
+        >>> small = {"w": torch.zeros(33_000)}       # 132 kB: the meta-batch is one chunk
+        >>> auto_chunk_size(small, n_tasks=8, steps=3)
+        8
+        >>> medium = {"w": torch.zeros(217_000)}     # 868 kB: one task's graph is 8.7 MB
+        >>> auto_chunk_size(medium, n_tasks=8, steps=5)
+        1
+        >>> auto_chunk_size(medium, n_tasks=8, steps=5, first_order=True)
+        8
+    """
+    budget = CHUNK_BUDGET_MB if budget_mb is None else budget_mb
+    kept_steps = min(steps, 1) if first_order else steps
+    per_task = 2 * kept_steps * sum(p.numel() * p.element_size() for p in params.values())
+    if per_task == 0:
+        return max(1, n_tasks)
+    return max(1, min(n_tasks, int(budget * 2**20 // per_task)))
+
+
+CHUNK_BUDGET_MB = 16.0
+"""Memory (MiB) that :func:`auto_chunk_size` lets the graphs of one chunk take."""
+
+
+class _KnownGradient(torch.autograd.Function):
+    """A scalar whose gradient with respect to ``inputs`` was already computed.
+
+    ``backward`` hands each input its stored gradient times the incoming one, so
+    ``(w * loss).backward()`` fills ``.grad`` with ``w`` times the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, grads: tuple[Tensor | None, ...], *inputs: Tensor) -> Tensor:
+        ctx.grads = grads
+        return value.detach().clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        return (None, None, *(None if g is None else grad_out * g for g in ctx.grads))
+
+
 def batched_meta_loss(loss_fn: LossFn, params: Params, tasks: Sequence[Task], steps: int,
                       lr: StepSize, first_order: bool = False, frozen: Params | None = None, *,
-                      allow_unused: bool = False) -> Tensor | None:
-    """Mean query loss over ``tasks`` after adapting ``params`` to each support set, all at once.
+                      allow_unused: bool = False, chunk_size: int | None = None,
+                      wrt: Sequence[Tensor] | None = None) -> Tensor | None:
+    """Mean query loss over ``tasks`` after adapting ``params`` to each support set, in chunks.
 
     ``loss_fn(params, x, y)`` is both the support loss the steps descend and the
     query loss measured after them (``frozen`` parameters join every call
@@ -145,14 +209,43 @@ def batched_meta_loss(loss_fn: LossFn, params: Params, tasks: Sequence[Task], st
         ...                               *t.query) for t in tasks]).mean()
         >>> torch.allclose(batched_meta_loss(loss_fn, params_of(model), tasks, 2, 0.5), looped)
         True
+
+    **Chunks** (see the module docstring). ``chunk_size`` tasks are adapted at once
+    (default :func:`auto_chunk_size`). With fewer than all tasks in a chunk, each
+    chunk's meta-gradient with respect to ``wrt`` is taken as soon as the chunk is
+    done, and the returned loss's ``backward()`` delivers their sum; ``wrt``
+    (default: the tensors in ``params``, ``frozen`` and ``lr`` that require grad)
+    must hold every tensor the meta-gradient is wanted for. The result can be
+    differentiated once, as a meta-step does. Without grad mode, or when a task's
+    tensors require grad (their gradient would have to flow on), the meta-batch
+    is one chunk.
     """
     stacked = stack_tasks(tasks)
     if stacked is None:
         return None
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 (or None to choose it), got {chunk_size}")
+    if wrt is None:
+        rates = list(lr.values()) if isinstance(lr, dict) else [lr] if isinstance(lr, Tensor) else []
+        wrt = [t for t in (*params.values(), *(frozen or {}).values(), *rates) if t.requires_grad]
+    n = len(tasks)
+    chunk = chunk_size or auto_chunk_size(params, n, steps, first_order)
+    columns = (stacked.support_x, stacked.support_y, stacked.query_x, stacked.query_y)
+    if chunk >= n or not wrt or not torch.is_grad_enabled() or any(t.requires_grad for t in columns):
+        chunk = n
     try:
-        adapted = batched_adapt(loss_fn, params, stacked.support_x, stacked.support_y, steps, lr,
-                                first_order, frozen, allow_unused=allow_unused)
-        return batched_loss(loss_fn, frozen)(adapted, stacked.query_x, stacked.query_y).mean()
+        if chunk == n:
+            return _query_losses(loss_fn, params, stacked, steps, lr, first_order, frozen,
+                                 allow_unused).mean()
+        total, summed = torch.zeros((), dtype=stacked.query_x.dtype), None
+        for start in range(0, n, chunk):
+            part = Task(*(t[start:start + chunk] for t in columns))
+            loss = _query_losses(loss_fn, params, part, steps, lr, first_order, frozen,
+                                 allow_unused).sum() / n
+            grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+            summed = grads if summed is None else tuple(
+                a if b is None else b if a is None else a + b for a, b in zip(summed, grads))
+            total = total + loss.detach()
     except RuntimeError as err:
         # Typically vmap refusing Python control flow on a tensor's value (Hugging Face
         # models test their attention mask), or memory running out. The loop either works
@@ -160,3 +253,23 @@ def batched_meta_loss(loss_fn: LossFn, params: Params, tasks: Sequence[Task], st
         warnings.warn(f"adapting the meta-batch task by task: the batched path failed with "
                       f"{str(err).splitlines()[0]!r}", RuntimeWarning, stacklevel=3)
         return None
+    return _KnownGradient.apply(total, summed, *wrt)
+
+
+def _query_losses(loss_fn: LossFn, params: Params, stacked: Task, steps: int, lr: StepSize,
+                  first_order: bool, frozen: Params | None, allow_unused: bool) -> Tensor:
+    """Every stacked task's query loss after adapting on its support set (one per task)."""
+    if len(stacked.support_x) == 1:
+        # vmap over one task only adds its own cost (and, on first use, imports sympy and
+        # torch's decompositions, some 35 MB): one task runs as the loop runs it.
+        shared = frozen or {}
+
+        def full(p: Params, x: Tensor, y: Tensor) -> Tensor:
+            return loss_fn({**shared, **p}, x, y)
+
+        fast = adapt(full, params, stacked.support_x[0], stacked.support_y[0], steps, lr,
+                     first_order, allow_unused=allow_unused)
+        return full(fast, stacked.query_x[0], stacked.query_y[0]).unsqueeze(0)
+    adapted = batched_adapt(loss_fn, params, stacked.support_x, stacked.support_y, steps, lr,
+                            first_order, frozen, allow_unused=allow_unused)
+    return batched_loss(loss_fn, frozen)(adapted, stacked.query_x, stacked.query_y)

@@ -103,13 +103,15 @@ class GradientLearner(Learner):
     :mod:`metabook.adaptation`). With ``batched=True``, :meth:`meta_batch_loss`
     adapts all tasks of a meta-batch at once (:mod:`metabook.batching`) when their
     shapes agree, and loops otherwise; only learners that adapt by the plain
-    rule and predict with the adapted model can batch.
+    rule and predict with the adapted model can batch. It then takes the
+    meta-gradient ``chunk_size`` tasks at a time, so that memory holds one chunk's
+    graph (default: :func:`metabook.batching.auto_chunk_size`'s rule).
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, steps: int = 1,
                  first_order: bool = False, loss: Loss = F.cross_entropy,
                  adapt_filter: Callable[[str], bool] | None = None, batched: bool = False,
-                 allow_unused: bool = False):
+                 allow_unused: bool = False, chunk_size: int | None = None):
         super().__init__(loss)
         if steps < 0:
             raise ConfigError(f"inner steps must be >= 0, got {steps}")
@@ -118,7 +120,11 @@ class GradientLearner(Learner):
                               f"steps and predict with the adapted model; {type(self).__name__} "
                               f"changes adapt, predict or meta_loss, so use batched=False")
         self.model, self.lr, self.steps, self.first_order = model, lr, steps, first_order
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"chunk_size must be at least 1 task (or None to choose it), "
+                              f"got {chunk_size}")
         self.adapt_filter, self.batched, self.allow_unused = adapt_filter, batched, allow_unused
+        self.chunk_size = chunk_size
 
     def meta_batch_loss(self, tasks: Sequence[Task]) -> Tensor:
         """Mean :meth:`meta_loss` over a meta-batch, all tasks at once if ``batched=True``."""
@@ -126,7 +132,9 @@ class GradientLearner(Learner):
             fast, frozen = self.split_params()
             loss = batching.batched_meta_loss(self.inner_loss, fast, tasks, self.steps,
                                               self.step_sizes(), self.first_order, frozen,
-                                              allow_unused=self.allow_unused)
+                                              allow_unused=self.allow_unused,
+                                              chunk_size=self.chunk_size,
+                                              wrt=[p for p in self.parameters() if p.requires_grad])
             if loss is not None:
                 return loss
         return super().meta_batch_loss(tasks)

