@@ -92,7 +92,7 @@ browser: $(STAMP) chromium  ## open every page of the built book in headless Chr
 test: unit notebooks book-strict browser  ## unit tests, every notebook under nbval, a warning-free book build, the browser check
 	@echo "make test: all checks passed"
 
-bench: $(STAMP) peers  ## time one second-order MAML meta-step: metabook vs learn2learn, higher, plain loops; writes benchmarks/results/meta_step.json
+bench: $(STAMP) peers  ## time one second-order MAML meta-step: metabook (and its chunk sizes) vs learn2learn, higher, plain loops, plus Chapter 5's MiniLM step; prints the tables, writes benchmarks/results/meta_step.json
 	@test -f $(PEERS) || { echo "make bench needs learn2learn and higher: see $(PEERS_LOG)"; exit 1; }
 	$(PY) benchmarks/meta_step.py --json benchmarks/results/meta_step.json
 

@@ -440,6 +440,28 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "step_mem_ratio": ours["step_mb"] / peer["step_mb"]}
 
 
+def chunk_trade_off(rows: list[dict[str, Any]], peer: str) -> list[dict[str, Any]]:
+    """Per fixed chunk size: speed (by median and by minimum) and memory against ``peer``.
+
+    >>> rows = [{"implementation": "metabook chunk 2", "median_ms": 50.0, "min_ms": 40.0,
+    ...          "peak_mb": 60.0, "step_mb": 30.0},
+    ...         {"implementation": "p", "median_ms": 100.0, "min_ms": 60.0, "peak_mb": 30.0,
+    ...          "step_mb": 15.0}]
+    >>> chunk_trade_off(rows, "p")
+    [{'chunk_size': 2, 'speedup_vs_fastest_peer': 2.0, 'speedup_by_min': 1.5, 'peak_mem_ratio': 2.0, 'step_mem_ratio': 2.0}]
+    """
+    by_name = {r["implementation"]: r for r in rows}
+    out = []
+    for name, r in by_name.items():
+        if name.startswith("metabook chunk "):
+            out.append({"chunk_size": int(name.rsplit(" ", 1)[1]),
+                        "speedup_vs_fastest_peer": by_name[peer]["median_ms"] / r["median_ms"],
+                        "speedup_by_min": by_name[peer]["min_ms"] / r["min_ms"],
+                        "peak_mem_ratio": r["peak_mb"] / by_name[peer]["peak_mb"],
+                        "step_mem_ratio": r["step_mb"] / by_name[peer]["step_mb"]})
+    return sorted(out, key=lambda t: t["chunk_size"])
+
+
 def run(rounds: int, warmup: int, names: list[str], json_path: Path | None = None,
         minilm_rounds: int = 0) -> None:
     torch.set_num_threads(THREADS)
@@ -486,12 +508,24 @@ def run(rounds: int, warmup: int, names: list[str], json_path: Path | None = Non
     if not all(m["exact_peak"] for m in memory.values()):
         print("note: /proc/self/clear_refs is not writable, so peak MB includes set-up peaks")
     summary = summarize(rows)
+    trade_off = chunk_trade_off(rows, summary["fastest_peer"])
+    if trade_off:
+        from metabook.adaptation import params_of
+        from metabook.batching import auto_chunk_size
+
+        auto = auto_chunk_size(params_of(build_model(state, torch.float32)), META_BATCH, STEPS)
+        print(f"\nspeed and memory by chunk size, against {summary['fastest_peer']} (the rule picks "
+              f"{auto} for this model and meta-batch; rows of the same code differ by the noise)")
+        print(f"{'chunk':>5}{'speedup':>9}{'(by min)':>10}{'peak MB ratio':>15}{'step MB ratio':>15}")
+        for t in trade_off:
+            print(f"{t['chunk_size']:>5}{t['speedup_vs_fastest_peer']:>9.2f}{t['speedup_by_min']:>10.2f}"
+                  f"{t['peak_mem_ratio']:>15.2f}{t['step_mem_ratio']:>15.2f}")
     if minilm is not None:
         print_minilm(minilm)
 
     if json_path is not None:
         from metabook.adaptation import params_of
-        from metabook.batching import auto_chunk_size
+        from metabook.batching import CHUNK_BUDGET_MB, auto_chunk_size
 
         record["provenance"]["load_average_after"] = round(os.getloadavg()[0], 2)
         record["setup"] = {"meta_batch": META_BATCH, "n_way": N_WAY, "k_shot": K_SHOT,
@@ -500,10 +534,12 @@ def run(rounds: int, warmup: int, names: list[str], json_path: Path | None = Non
                                     f"out_dim={N_WAY})", "parameters": n_params,
                            "auto_chunk_size": auto_chunk_size(
                                params_of(build_model(state, torch.float32)), META_BATCH, STEPS),
+                           "chunk_budget_mb": CHUNK_BUDGET_MB,
                            "tolerance": TOLERANCE, "reference": REFERENCE}
         record["results"] = rows
         record["not_installed"] = missing
         record["summary"] = summary
+        record["chunk_trade_off"] = trade_off
         if minilm is not None:
             record["minilm"] = minilm
         write_record(json_path, record)

@@ -34,7 +34,8 @@ inside ``vmap``, instead runs each backward formula under ``vmap``, and on torch
 **Memory, and chunks.** A second-order meta-gradient needs every inner step's
 graph until the backward pass reaches it, so adapting all ``T`` tasks at once holds
 ``T`` graphs. :func:`batched_meta_loss` therefore works through the meta-batch in
-chunks of ``chunk_size`` tasks: it adapts one chunk under ``vmap``, takes that
+chunks of ``chunk_size`` tasks: it adapts one chunk under ``vmap`` (a chunk of one
+task as the loop does, without it), takes that
 chunk's meta-gradient at once (``autograd.grad``, which frees the chunk's graph),
 adds it to the chunks before, and moves on. The loss it returns carries the summed
 gradient, so its ``backward()`` fills ``.grad`` as the unchunked loss would, equal up
@@ -140,10 +141,10 @@ def auto_chunk_size(params: Params, n_tasks: int, steps: int, first_order: bool 
     one chunk; otherwise the chunk is as many tasks as fit, and at least one. So
     small models, whose steps are mostly fixed overhead that ``vmap`` shares out,
     adapt the whole meta-batch at once, and larger ones go in small chunks, where
-    each extra task in flight costs a graph and batching saves little time (on
-    ``make bench``'s 217,000-parameter model, one task at a time matches the peers'
-    memory; the whole meta-batch at once took about 5 to 9 times the memory for
-    1.1 to 1.3 times the speed)::
+    each extra task in flight costs a graph and batching saves little time.
+    ``make bench`` measures the trade-off: on its 217,000-parameter model the rule
+    goes task by task, and the speed and memory of every chunk size are in
+    ``benchmarks/results/meta_step.json`` (``chunk_trade_off``)::
 
         >>> import torch
         >>> small = {"w": torch.zeros(33_000)}       # 132 kB: the meta-batch is one chunk
