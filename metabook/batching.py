@@ -183,7 +183,26 @@ class _KnownGradient(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, None, *(None if g is None else grad_out * g for g in ctx.grads))
+        if ctx.grads is None:
+            raise RuntimeError("the meta-gradient of this loss was already handed out; "
+                               "compute the loss again for another backward()")
+        grads, ctx.grads = ctx.grads, None  # let .grad take them over rather than copy them
+        if grad_out.device.type == "cpu" and grad_out.numel() == 1 and float(grad_out) == 1.0:
+            return (None, None, *grads)
+        return (None, None, *(None if g is None else grad_out * g for g in grads))
+
+
+def _owned(grads: Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
+    """``grads`` with each tensor made safe to add to in place: dense, and sharing no memory."""
+    seen: set[int] = set()
+    out = []
+    for g in grads:
+        if g is not None and (not g.is_contiguous() or g.data_ptr() in seen):
+            g = g.clone(memory_format=torch.contiguous_format)
+        if g is not None:
+            seen.add(g.data_ptr())
+        out.append(g)
+    return tuple(out)
 
 
 def batched_meta_loss(loss_fn: LossFn, params: Params, tasks: Sequence[Task], steps: int,
@@ -243,10 +262,15 @@ def batched_meta_loss(loss_fn: LossFn, params: Params, tasks: Sequence[Task], st
             part = Task(*(t[start:start + chunk] for t in columns))
             loss = _query_losses(loss_fn, params, part, steps, lr, first_order, frozen,
                                  allow_unused).sum() / n
+            chunk_loss = loss.detach()
             grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-            summed = grads if summed is None else tuple(
-                a if b is None else b if a is None else a + b for a, b in zip(summed, grads))
-            total = total + loss.detach()
+            if summed is None:
+                summed = _owned(grads)
+            else:  # in place, as backward() accumulates into .grad: no third copy
+                summed = tuple(a if b is None else b if a is None else a.add_(b)
+                               for a, b in zip(summed, grads))
+            del grads, loss
+            total = total + chunk_loss
     except RuntimeError as err:
         # Typically vmap refusing Python control flow on a tensor's value (Hugging Face
         # models test their attention mask), or memory running out. The loop either works

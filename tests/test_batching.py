@@ -338,3 +338,35 @@ def test_learners_chunk_by_the_rule_unless_told(monkeypatch, no_fallback):
     assert chosen == [4, 1] and type(told.grad_fn).__name__ != "_KnownGradientBackward"
     with pytest.raises(ConfigError, match="chunk_size must be at least 1"):
         MAML(model, batched=True, chunk_size=0)
+
+
+class _SharedScale(nn.Module):
+    """A linear layer whose logits are scaled by the sum of a parameter: autograd hands that
+    parameter's gradient back as an expanded scalar, which cannot be added to in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(5, N_WAY)
+        self.scale = nn.Parameter(torch.full((3,), 0.4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.scale.sum()
+
+
+def test_chunks_add_up_gradients_that_autograd_returns_as_views(no_fallback):
+    model = _SharedScale()
+    tasks = _feature_tasks(3)
+    for steps in (0, 2):  # with no inner step, the query loss is the scale's only use
+        _, looped = _backward_meta_gradient(MAML(model, lr=0.3, steps=steps), tasks)
+        _, chunked = _backward_meta_gradient(
+            MAML(model, lr=0.3, steps=steps, batched=True, chunk_size=1), tasks)
+        for a, b in zip(chunked, looped):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_chunked_loss_hands_out_its_gradient_once(no_fallback):
+    model = ResidualMLP(5, hidden=8, depth=1, out_dim=N_WAY)
+    loss = MAML(model, lr=0.3, steps=1, batched=True, chunk_size=1).meta_batch_loss(_feature_tasks(2))
+    loss.backward()
+    with pytest.raises(RuntimeError, match="already handed out; compute the loss again"):
+        loss.backward()
