@@ -31,7 +31,7 @@ from metabook.baselines import (PretrainLog, finetuner, load_minilm, minilm_embe
 from metabook.checkpoint import load_checkpoint, load_into, save_checkpoint
 from metabook.config import PretrainConfig
 from metabook.data import VAL_SEED, episodes, to_ids
-from metabook.errors import CheckpointError
+from metabook.errors import CheckpointError, ConfigError
 from metabook.evaluation import (Choice, Interval, accuracies, evaluate, mean_ci,
                                  paired_difference, select_adaptation)
 from metabook.features import ngram_features
@@ -45,7 +45,7 @@ from metabook.scale import device
 from metabook.source import package_fingerprint
 from metabook.tasks import Task, trim_padding
 
-__all__ = ["Row", "compare", "compare_pretrained", "adaptation_grid", "markdown_table",
+__all__ = ["Row", "BASELINES", "compare", "compare_pretrained", "adaptation_grid", "markdown_table",
            "verdict"]
 
 
@@ -302,8 +302,12 @@ def _trained(encoder: nn.Module) -> int:
                if p.requires_grad and n != "log_scale")
 
 
+BASELINES = ("frozen", "multitask", "finetune", "ngram")
+
+
 def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None = None,
-                       n_episodes: int | None = None, progress: bool = False) -> list[Row]:
+                       n_episodes: int | None = None, progress: bool = False,
+                       baselines: Sequence[str] = BASELINES) -> list[Row]:
     """Meta-pretrained encoders against the baselines of a pretrained encoder, on the same episodes.
 
     ``runs`` meta-train the same pretrained encoder on the same data (one per
@@ -321,9 +325,14 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
     - character n-gram TF-IDF vectors with a prototype head;
     - each run's meta-trained encoder; the run from scratch.
 
-    Every encoder whose adaptation leaves it unchanged is embedded once and
-    adapted as a head on its vectors, which is exactly the same computation.
+    ``baselines`` picks some of the first four rows (by key: ``"frozen"``,
+    ``"multitask"``, ``"finetune"``, ``"ngram"``). Every encoder whose
+    adaptation leaves it unchanged is embedded once and adapted as a head on its
+    vectors, which is exactly the same computation.
     """
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"unknown baseline(s) {unknown}; the baselines are {list(BASELINES)}")
     out = Path(out)
     config, data = runs[0].config, runs[0].data
     pad = data.vocab.pad_id
@@ -357,17 +366,26 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
     name = BACKBONES.display(config.backbone) if config.backbone != "hf" else config.pretrained
     short = name.split(" (")[0]
     top = f"top {config.train_layers} layer{'s' * (config.train_layers != 1)}"
-    frozen = embedded("frozen", f"{short}, frozen + prototype head",
-                      build_encoder(config.replace(train_layers=0), len(data.vocab), pad), None)
-    rows = [frozen]
-    enc, seconds = _multitask_encoder(runs[0], out, progress)
-    rows.append(embedded("multitask", f"{short} fine-tuned on the training classes "
-                                      f"(multi-task, {top}) + prototype head", enc, seconds))
-    support = adapted_parameters(config.replace(adapt_layers=config.train_layers))
-    rows.append(adapted("finetune", f"{short} fine-tuned on each support set ({top} + head)",
-                        build_encoder(config, len(data.vocab), pad), support, 0.0, frozen.before))
-    vectors = {s: ngram_features(data.texts[s], idf=True) for s in ("val", "test")}
-    rows.append(on_vectors("ngram", "character n-gram TF-IDF + prototype head", vectors, 0, 0.0))
+    rows = []
+    frozen = None
+    if "frozen" in baselines or "finetune" in baselines:
+        fresh = build_encoder(config.replace(train_layers=0, adapt_layers=0), len(data.vocab), pad)
+        frozen = embedded("frozen", f"{short}, frozen + prototype head", fresh, None)
+    if "frozen" in baselines:
+        rows.append(frozen)
+    if "multitask" in baselines:
+        enc, seconds = _multitask_encoder(runs[0], out, progress)
+        rows.append(embedded("multitask", f"{short} fine-tuned on the training classes "
+                                          f"(multi-task, {top}) + prototype head", enc, seconds))
+    if "finetune" in baselines:
+        support = adapted_parameters(config.replace(adapt_layers=config.train_layers))
+        rows.append(adapted("finetune", f"{short} fine-tuned on each support set ({top} + head)",
+                            build_encoder(config, len(data.vocab), pad), support, 0.0,
+                            frozen.before))
+    if "ngram" in baselines:
+        vectors = {s: ngram_features(data.texts[s], idf=True) for s in ("val", "test")}
+        rows.append(on_vectors("ngram", "character n-gram TF-IDF + prototype head", vectors, 0,
+                               0.0))
     for i, run in enumerate(runs):
         learner = LEARNERS.display(run.config.learner)
         encoder = encoder_of(run.learner)

@@ -196,12 +196,20 @@ class FrozenLayers(nn.Module):
         keys = [rows[i, :n].tobytes() for i, n in enumerate(lengths)]
         missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
         fresh: dict[bytes, Tensor] = {}
-        if missing:
-            where = {k: i for i, k in enumerate(keys)}
-            index = torch.tensor([where[k] for k in missing], device=ids.device)
-            width = int(keep[index].sum(1).max())
-            states = self._compute(ids[index][:, :width], keep[index][:, :width])
-            fresh = {k: states[j, : lengths[where[k]]].clone() for j, k in enumerate(missing)}
+        where = {k: i for i, k in enumerate(keys)}
+        # A sentence's states must not depend on the batch it first came in (a run that
+        # resumes with an empty cache would then drift in the last bits): each is computed
+        # at a width fixed by its own length, beside sentences of the same width only.
+        buckets: dict[int, list[bytes]] = {}
+        for key in missing:
+            buckets.setdefault(-(-lengths[where[key]] // _WIDTH) * _WIDTH, []).append(key)
+        for width, group in buckets.items():
+            index = torch.tensor([where[k] for k in group], device=ids.device)
+            rows_ = ids[index][:, :width]
+            if rows_.shape[1] < width:  # the batch was trimmed shorter than the bucket
+                rows_ = F.pad(rows_, (0, width - rows_.shape[1]), value=self.pad_id)
+            states = self._compute(rows_, rows_ != self.pad_id)
+            fresh.update({k: states[j, : lengths[where[k]]].clone() for j, k in enumerate(group)})
         dtype = next(self.embeddings.parameters()).dtype
         out = ids.new_zeros((*ids.shape, self.dim), dtype=dtype)
         for i, key in enumerate(keys):
@@ -265,6 +273,10 @@ class PretrainedEncoder(nn.Module):
         for layer in self.layers:
             x = _run_layer(layer, x, mask)
         return F.normalize(masked_mean(x, keep), dim=-1) * self.log_scale.exp()
+
+
+# Sentences are computed at widths that are multiples of this (see FrozenLayers.forward).
+_WIDTH = 8
 
 
 def _additive_mask(keep: Tensor, dtype: torch.dtype) -> Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,33 @@ def test_chapter_notebook_is_clean_and_colab_ready(path: Path):
         assert cell["outputs"] == [] and cell["execution_count"] is None, \
             "commit chapters without outputs: the book build executes them"
     assert nb["cells"][0]["cell_type"] == "markdown" and "".join(nb["cells"][0]["source"]).startswith("# ")
+
+
+def _bib_entries() -> dict[str, str]:
+    """Entries of book/references.bib by key; each must close its own braces."""
+    text = (ROOT / "book" / "references.bib").read_text()
+    entries: dict[str, str] = {}
+    for chunk in re.split(r"\n(?=@)", text.strip()):
+        match = re.match(r"@\w+\{([^,\s]+),", chunk)
+        assert match, f"references.bib: cannot read the entry starting {chunk[:60]!r}"
+        key = match.group(1)
+        depth = 0
+        for i, ch in enumerate(chunk):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if depth == 0 and ch == "}":
+                break
+        assert depth == 0 and not chunk[i + 1:].strip(), (
+            f"references.bib: entry {key} does not close its braces where it ends"
+        )
+        assert key not in entries, f"references.bib: {key} is defined twice"
+        entries[key] = chunk
+    return entries
+
+
+def test_every_citation_is_in_the_bibliography():
+    keys = set(_bib_entries())
+    pages = CHAPTERS + sorted((ROOT / "book").glob("*.md"))
+    for page in pages:
+        for cited in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", page.read_text()):
+            for key in cited.split(","):
+                assert key.strip() in keys, f"{page.name} cites {key.strip()}, which references.bib lacks"

@@ -158,3 +158,29 @@ def test_examples_are_the_drivers_settings():
     for name, change in drivers.CHAPTER6.items():
         assert load_config(root / f"chapter6-{name}.yaml") == PretrainConfig.for_scale(
             "small", **{**drivers.CHAPTER5, **change}), name
+
+
+def test_a_pretrained_run_resumes_bit_for_bit_and_evaluates(tmp_path, encoder_dir, capsys):
+    """`metabook pretrain` with a pretrained backbone: stopped, resumed, the same weights."""
+    from safetensors.torch import load_file
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "pretrained": str(encoder_dir), "steps": 6,
+                                      "checkpoint_every": 3, "eval_every": 3}), encoding="utf-8")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(["pretrain", "--config", str(config), "--out", str(straight), "--quiet"]) == 0
+    assert main(["pretrain", "--config", str(config), "--out", str(stopped), "--quiet",
+                 "--steps", "3"]) == 0
+    assert main(["pretrain", "--out", str(stopped), "--resume", "--steps", "6", "--quiet"]) == 0
+
+    def weights(out: Path) -> dict:
+        latest = json.loads((out / "checkpoints" / "latest.json").read_text())["latest"]
+        return load_file(out / "checkpoints" / latest / "model.safetensors")
+    a, b = weights(straight), weights(stopped)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(k.startswith("frozen.") for k in a)  # the frozen layers come from their source
+    capsys.readouterr()
+    assert main(["evaluate", str(stopped), "--episodes", "4", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["episodes"] == 4 and 0 <= report["after"]["accuracy"] <= 1
+    assert report["before"]["ci95"] >= 0
