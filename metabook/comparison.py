@@ -7,31 +7,46 @@ baselines get the run's budget, and every adapted method the same search for
 its adaptation on validation episodes (:func:`adaptation_grid`). Each method is
 a :class:`Row`; :func:`markdown_table` and :func:`verdict` put the rows into
 words, with paired differences (:func:`metabook.evaluation.paired_difference`).
+
+:func:`compare_pretrained` is the same comparison for runs that meta-train a
+pretrained encoder (``backbone: minilm`` or ``hf``), against the baselines a
+practitioner would try first with such an encoder: the frozen encoder with a
+prototype head, the encoder fine-tuned on the training classes (multi-task),
+the encoder fine-tuned on each test task's support set, character n-gram
+TF-IDF with prototypes, and meta-pretraining from scratch. Every encoder is
+adapted the same way: a prototype-initialised head plus the steps and learning
+rate chosen on validation episodes from one grid.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from metabook.baselines import (finetuner, load_minilm, minilm_embeddings, pretrain_lm,
-                                prototype_accuracies)
+from metabook.baselines import (PretrainLog, finetuner, load_minilm, minilm_embeddings,
+                                pretrain_lm, pretrain_multitask, prototype_accuracies)
 from metabook.checkpoint import load_checkpoint, load_into, save_checkpoint
 from metabook.config import PretrainConfig
 from metabook.data import VAL_SEED, episodes, to_ids
-from metabook.errors import CheckpointError
+from metabook.errors import CheckpointError, ConfigError
 from metabook.evaluation import (Choice, Interval, accuracies, evaluate, mean_ci,
                                  paired_difference, select_adaptation)
-from metabook.learners import Learner
+from metabook.features import ngram_features
+from metabook.learners import Learner, ProtoMAML
 from metabook.models import BACKBONES
-from metabook.recipes import LEARNERS, build_encoder, encoder_width
+from metabook.recipes import (LEARNERS, adapted_parameters, build_encoder, encoder_of,
+                              encoder_width)
 from metabook.rundir import RunDir
 from metabook.runs import Run
 from metabook.scale import device
+from metabook.source import package_fingerprint
+from metabook.tasks import Task, trim_padding
 
-__all__ = ["Row", "compare", "adaptation_grid", "markdown_table", "verdict"]
+__all__ = ["Row", "BASELINES", "compare", "compare_pretrained", "adaptation_grid", "markdown_table",
+           "verdict"]
 
 
 @dataclass
@@ -40,8 +55,9 @@ class Row:
 
     ``before``/``after``: per-episode accuracies with zero inner steps and
     with the adaptation chosen on validation episodes (``after`` is None for a
-    method that is not adapted); ``params``: trainable parameters of its
-    encoder; ``seconds``: its pretraining time (None when it was pretrained
+    method that is not adapted); ``params``: the parameters its training
+    changed (all of a model trained from scratch, the trained layers of a
+    pretrained encoder, none of a frozen one); ``seconds``: its pretraining time (None when it was pretrained
     elsewhere); ``choice``: the inner steps and learning rate that were chosen.
     """
 
@@ -82,17 +98,9 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
     """Pretrain baseline ``key`` (``"mlm"`` or ``"multitask"``), or reuse a saved one."""
     config, data = run.config, run.data
     encoder = build_encoder(config, len(data.vocab), data.vocab.pad_id).to(device(config.scale))
-    directory = out / "baselines" / key
-    fingerprint = config.fingerprint(ignore=("eval_every", "checkpoint_every", "keep_checkpoints",
-                                             "test_episodes", "patience", "checkpoint_minutes"))
-    if (directory / "meta.json").is_file():
-        try:
-            ckpt = load_checkpoint(directory)
-            if ckpt.meta.get("fingerprint") == fingerprint:
-                load_into(encoder, ckpt.model, directory / "model.safetensors")
-                return encoder, float(ckpt.meta["seconds"])
-        except CheckpointError:
-            pass  # a broken cache entry is simply recomputed
+    cached = _cached(encoder, out / "baselines" / key, _baseline_fingerprint(config))
+    if cached is not None:
+        return encoder, cached
     val = episodes(data, "val", config.val_episodes, config.n_way, config.k_shot,
                    config.q_query, VAL_SEED + config.split_seed)
     val_tasks = to_ids(val, data.ids["val"], data.vocab.pad_id)
@@ -101,23 +109,55 @@ def _baseline_encoder(run: Run, out: Path, key: str, progress: bool) -> tuple[nn
         scores = accuracies(finetuner(enc, config.inner_steps, config.inner_lr), val_tasks)
         return sum(scores) / len(scores)
 
+    def train(folder: RunDir, resume: bool) -> PretrainLog:
+        return pretrain_lm(
+            encoder, data.ids["train"], vocab_size=len(data.vocab), mask_id=data.vocab.mask_id,
+            pad_id=data.vocab.pad_id, special_ids=data.vocab.special_ids, steps=config.steps,
+            batch_size=config.meta_batch * config.n_way * (config.k_shot + config.q_query),
+            lr=config.outer_lr, optimizer=config.optimizer, clip_grad=config.clip_grad,
+            seed=config.seed, dim=encoder_width(config),
+            objective=BACKBONES[config.backbone].objective,
+            labels=data.label_ids("train") if key == "multitask" else None, validate=validate,
+            eval_every=config.eval_every, progress=progress, out=folder, resume=resume,
+            checkpoint_minutes=config.checkpoint_minutes)
+    return encoder, _pretrained(encoder, out / "baselines" / key, _baseline_fingerprint(config),
+                                train)
+
+
+def _baseline_fingerprint(config: PretrainConfig) -> str:
+    """What a baseline's pretraining depends on: the config but for what only the meta run
+    uses or what does not change the result, and metabook's code."""
+    return config.fingerprint(ignore=("learner", "eval_every", "checkpoint_every",
+                                      "keep_checkpoints", "test_episodes", "patience",
+                                      "checkpoint_minutes")) + package_fingerprint()
+
+
+def _cached(encoder: nn.Module, directory: Path, fingerprint: str) -> float | None:
+    """Load the encoder saved in ``directory`` when it was made with ``fingerprint``; its
+    pretraining seconds, or None when there is none to reuse."""
+    if not (directory / "meta.json").is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(directory)
+        if ckpt.meta.get("fingerprint") != fingerprint:
+            return None
+        load_into(encoder, ckpt.model, directory / "model.safetensors")
+        return float(ckpt.meta["seconds"])
+    except CheckpointError:
+        return None  # a broken cache entry is simply recomputed
+
+
+def _pretrained(encoder: nn.Module, directory: Path, fingerprint: str,
+                train: Callable[[RunDir, bool], PretrainLog]) -> float:
+    """Run ``train(folder, resume)`` with its checkpoints in ``directory/run-FINGERPRINT``
+    (continued if stopped), then save the encoder into ``directory``; its seconds."""
     # Its checkpoints, until the encoder is saved into `directory` (which replaces them).
-    pretraining = RunDir(directory / f"run-{fingerprint}")
-    log = pretrain_lm(
-        encoder, data.ids["train"], vocab_size=len(data.vocab), mask_id=data.vocab.mask_id,
-        pad_id=data.vocab.pad_id, special_ids=data.vocab.special_ids, steps=config.steps,
-        batch_size=config.meta_batch * config.n_way * (config.k_shot + config.q_query),
-        lr=config.outer_lr, optimizer=config.optimizer, clip_grad=config.clip_grad,
-        seed=config.seed, dim=encoder_width(config),
-        objective=BACKBONES[config.backbone].objective,
-        labels=data.label_ids("train") if key == "multitask" else None, validate=validate,
-        eval_every=config.eval_every, progress=progress, out=pretraining,
-        resume=pretraining.holds_run(),
-        checkpoint_minutes=config.checkpoint_minutes)
+    folder = RunDir(directory / f"run-{fingerprint}")
+    log = train(folder, folder.holds_run())
     save_checkpoint(directory, encoder.state_dict(),
                     {"fingerprint": fingerprint, "seconds": log.seconds, "losses": log.losses,
                      "validation": log.validation, "best_step": log.best_step})
-    return encoder, log.seconds
+    return log.seconds
 
 
 def compare(run: Run, out: str | Path, n_episodes: int | None = None, minilm: bool = True,
@@ -234,3 +274,164 @@ def verdict(rows: Sequence[Row]) -> str:
                      f"{100 * diff.low:+.1f} to {100 * diff.high:+.1f})")
     return (f"On {mean_ci(meta.score).n} shared test episodes, meta-pretraining is "
             + "; ".join(parts) + ".")
+
+
+# --- a pretrained encoder ---------------------------------------------------------------------
+
+def _on(features: Tensor, tasks: Sequence[Task]) -> list[Task]:
+    """Index episodes with their rows looked up in ``features`` (vectors or token ids)."""
+    return [Task(features[t.support_x], t.support_y, features[t.query_x], t.query_y, t.classes,
+                 t.source, t.info) for t in tasks]
+
+
+def _embed(encoder: nn.Module, ids: Tensor, pad_id: int, batch_size: int = 256) -> Tensor:
+    """The encoder's vectors for every row of ``ids``, in batches, without gradients."""
+    was_training = encoder.training
+    encoder.eval()
+    where = next(encoder.parameters()).device
+    try:
+        with torch.no_grad():
+            return torch.cat([encoder(trim_padding(ids[i: i + batch_size], pad_id).to(where)).cpu()
+                              for i in range(0, len(ids), batch_size)])
+    finally:
+        encoder.train(was_training)
+
+
+def _trained(encoder: nn.Module) -> int:
+    return sum(p.numel() for n, p in encoder.named_parameters()
+               if p.requires_grad and n != "log_scale")
+
+
+BASELINES = ("frozen", "multitask", "finetune", "ngram")
+
+
+def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None = None,
+                       n_episodes: int | None = None, progress: bool = False,
+                       baselines: Sequence[str] = BASELINES) -> list[Row]:
+    """Meta-pretrained encoders against the baselines of a pretrained encoder, on the same episodes.
+
+    ``runs`` meta-train the same pretrained encoder on the same data (one per
+    learner; the first is the reference of the paired differences); ``scratch``
+    is a meta-pretraining run of a model trained from scratch on the same
+    classes, whose test episodes are the same rows. The rows:
+
+    - the frozen encoder with a prototype head;
+    - the encoder's trained layers fine-tuned on the training classes with one
+      classifier over all of them (multi-task), with the runs' budget of steps,
+      sentences per step and learning rate, the best step chosen on validation;
+      cached under ``out/baselines/multitask``;
+    - the encoder's trained layers and head fine-tuned on each test task's
+      support set (zero steps would be the frozen row);
+    - character n-gram TF-IDF vectors with a prototype head;
+    - each run's meta-trained encoder; the run from scratch.
+
+    ``baselines`` picks some of the first four rows (by key: ``"frozen"``,
+    ``"multitask"``, ``"finetune"``, ``"ngram"``). Every encoder whose
+    adaptation leaves it unchanged is embedded once and adapted as a head on its
+    vectors, which is exactly the same computation.
+    """
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"unknown baseline(s) {unknown}; the baselines are {list(BASELINES)}")
+    out = Path(out)
+    config, data = runs[0].config, runs[0].data
+    pad = data.vocab.pad_id
+    test = runs[0].test_episodes(n_episodes)
+    val = episodes(data, "val", config.val_episodes, config.n_way, config.k_shot,
+                   config.q_query, VAL_SEED + config.split_seed)
+    grid = adaptation_grid(config)
+    head = ProtoMAML(nn.Identity(), config.inner_lr, config.inner_steps, first_order=True)
+
+    def on_vectors(key: str, method: str, vectors: dict[str, Tensor], params: int,
+                   seconds: float | None) -> Row:
+        choice = select_adaptation(head, _on(vectors["val"], val), *grid)
+        ev = evaluate(head, _on(vectors["test"], test), steps=choice.steps, lr=choice.lr)
+        return Row(key, method, ev.before, ev.after, params, seconds, choice)
+
+    def embedded(key: str, method: str, encoder: nn.Module, seconds: float | None) -> Row:
+        vectors = {s: _embed(encoder, data.ids[s], pad) for s in ("val", "test")}
+        return on_vectors(key, method, vectors, _trained(encoder), seconds)
+
+    def adapted(key: str, method: str, encoder: nn.Module, adapts: Any, seconds: float | None,
+                before: list[float] | None = None) -> Row:
+        learner = ProtoMAML(encoder, config.inner_lr, config.inner_steps, first_order=True,
+                            adapt_encoder=adapts)
+        ids = {s: data.ids[s] for s in ("val", "test")}
+        choice = select_adaptation(learner, to_ids(val, ids["val"], pad), *grid)
+        tasks = to_ids(test, ids["test"], pad)
+        after = accuracies(learner, tasks, choice.steps, choice.lr, progress=progress)
+        before = before if before is not None else accuracies(learner, tasks, 0)
+        return Row(key, method, before, after, _trained(encoder), seconds, choice)
+
+    name = BACKBONES.display(config.backbone) if config.backbone != "hf" else config.pretrained
+    short = name.split(" (")[0]
+    top = f"top {config.train_layers} layer{'s' * (config.train_layers != 1)}"
+    rows = []
+    frozen = None
+    if "frozen" in baselines or "finetune" in baselines:
+        fresh = build_encoder(config.replace(train_layers=0, adapt_layers=0), len(data.vocab), pad)
+        frozen = embedded("frozen", f"{short}, frozen + prototype head", fresh, None)
+    if "frozen" in baselines:
+        rows.append(frozen)
+    if "multitask" in baselines:
+        enc, seconds = _multitask_encoder(runs[0], out, progress)
+        rows.append(embedded("multitask", f"{short} fine-tuned on the training classes "
+                                          f"(multi-task, {top}) + prototype head", enc, seconds))
+    if "finetune" in baselines:
+        support = adapted_parameters(config.replace(adapt_layers=config.train_layers))
+        rows.append(adapted("finetune", f"{short} fine-tuned on each support set ({top} + head)",
+                            build_encoder(config, len(data.vocab), pad), support, 0.0,
+                            frozen.before))
+    if "ngram" in baselines:
+        vectors = {s: ngram_features(data.texts[s], idf=True) for s in ("val", "test")}
+        rows.append(on_vectors("ngram", "character n-gram TF-IDF + prototype head", vectors, 0,
+                               0.0))
+    for i, run in enumerate(runs):
+        learner = LEARNERS.display(run.config.learner)
+        encoder = encoder_of(run.learner)
+        method = f"{short} meta-pretrained ({learner}, {top}) + adaptation"
+        key = "meta" if i == 0 else f"meta-{run.config.learner}"
+        seconds = RunDir(run.out).training_seconds()
+        if run.config.adapt_layers:
+            rows.append(adapted(key, method, encoder, adapted_parameters(run.config), seconds))
+        else:
+            rows.append(embedded(key, method, encoder, seconds))
+    if scratch is not None:
+        tasks = to_ids(test, scratch.data.ids["test"], scratch.data.vocab.pad_id)
+        sval = to_ids(val, scratch.data.ids["val"], scratch.data.vocab.pad_id)
+        choice = select_adaptation(scratch.learner, sval, *grid)
+        ev = evaluate(scratch.learner, tasks, steps=choice.steps, lr=choice.lr)
+        rows.append(Row("scratch", f"meta-pretrained from scratch "
+                                   f"({LEARNERS.display(scratch.config.learner)}, "
+                                   f"{BACKBONES.display(scratch.config.backbone)})",
+                        ev.before, ev.after, _count(scratch.learner), RunDir(scratch.out).training_seconds(),
+                        choice))
+    return rows
+
+
+def _multitask_encoder(run: Run, out: Path, progress: bool) -> tuple[nn.Module, float]:
+    """The pretrained encoder fine-tuned on all training classes at once, or a saved one."""
+    config, data = run.config, run.data
+    pad = data.vocab.pad_id
+    encoder = build_encoder(config, len(data.vocab), pad).to(device(config.scale))
+    directory, fingerprint = out / "baselines" / "multitask", _baseline_fingerprint(config)
+    cached = _cached(encoder, directory, fingerprint)
+    if cached is not None:
+        return encoder, cached
+    val = episodes(data, "val", config.val_episodes, config.n_way, config.k_shot,
+                   config.q_query, VAL_SEED + config.split_seed)
+    head = ProtoMAML(nn.Identity(), steps=0)
+
+    def validate(enc: nn.Module) -> float:
+        scores = accuracies(head, _on(_embed(enc, data.ids["val"], pad), val))
+        return sum(scores) / len(scores)
+
+    def train(folder: RunDir, resume: bool) -> PretrainLog:
+        return pretrain_multitask(
+            encoder, data.ids["train"], data.label_ids("train"), steps=config.steps,
+            batch_size=config.meta_batch * config.n_way * (config.k_shot + config.q_query),
+            lr=config.outer_lr, optimizer=config.optimizer, clip_grad=config.clip_grad,
+            seed=config.seed, validate=validate, eval_every=config.eval_every, pad_id=pad,
+            progress=progress, out=folder, resume=resume,
+            checkpoint_minutes=config.checkpoint_minutes)
+    return encoder, _pretrained(encoder, directory, fingerprint, train)

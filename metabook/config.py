@@ -44,6 +44,33 @@ from metabook.training import OPTIMIZERS
 __all__ = ["TASK_KINDS", "PretrainConfig", "load_config"]
 
 TASK_KINDS = ("smlmt", "supervised", "hybrid")
+# A pretrained encoder is fine-tuned, not trained from nothing: a smaller outer learning
+# rate, fewer steps validated more often, and the sentences at their length in subwords;
+# on two CPU cores, two tasks a step (a step runs a 384-wide transformer layer on each).
+_PRETRAINED: dict[str, dict[str, Any]] = {
+    "small": dict(outer_lr=1e-4, steps=100, meta_batch=2, eval_every=25, checkpoint_every=25,
+                  max_len=32, test_episodes=600),
+    "large": dict(outer_lr=5e-5, steps=1000, eval_every=100, checkpoint_every=100, max_len=128,
+                  train_layers=2, test_episodes=1000),
+}
+
+
+def _defaults(scale: str, backbone: str | None) -> dict[str, Any]:
+    """The values :meth:`PretrainConfig.for_scale` starts from: those of the scale, of a
+    pretrained backbone too."""
+    if scale not in SCALES:
+        raise ConfigError(f"scale {scale!r} is not one of {SCALES.names()}")
+    base: dict[str, Any] = {"scale": scale}
+    if scale == "large":  # a GPU-sized run: wider, deeper, longer, more episodes
+        # Second-order meta-gradients where a GPU can afford them.
+        base.update(dim=256, layers=4, heads=8, max_len=64, meta_batch=16, steps=5000,
+                    eval_every=250, checkpoint_every=250, val_episodes=200,
+                    test_episodes=1000, patience=5, first_order=False)
+    if backbone in BACKBONES and BACKBONES[backbone].pretrained:
+        base.update(_PRETRAINED[scale])
+    return base
+
+
 # The keys whose values are names in a registry.
 _CHOICES: dict[str, Registry[Any]] = {"learner": LEARNERS, "backbone": BACKBONES,
                                       "optimizer": OPTIMIZERS, "scale": SCALES}
@@ -68,6 +95,21 @@ class PretrainConfig:
     ``optimizer`` (a name in :data:`metabook.training.OPTIMIZERS`) at rate
     ``outer_lr``: a resumed run with a larger ``steps`` continues to it.
 
+    Pretrained encoders (``backbone: minilm``, or ``backbone: hf`` with
+    ``pretrained`` naming any Hugging Face encoder or a local folder): the top
+    ``train_layers`` transformer layers are meta-trained, the rest stay frozen
+    (and cached, see :mod:`metabook.pretrained`); the inner loop adapts the
+    learner's head and the top ``adapt_layers`` of those (0: the head only).
+    ``dim``, ``layers`` and ``heads`` describe only a backbone built from scratch.
+
+    More data: ``val_corpus`` and ``test_corpus`` (each with its options, and its
+    label column when it is not ``label_column``) take the validation or test
+    classes from another corpus, a new domain or language, whole;
+    ``max_per_class`` keeps a seeded sample of at most that many sentences of each
+    class (0: all). ``source_column`` splits the training sentences into task
+    sources by that column (a language, a domain), which ``sampling`` draws
+    uniformly, by size, or by size to the power ``alpha`` (``"temperature"``).
+
     Monitoring: every ``eval_every`` steps the learner is measured on
     ``val_episodes`` fixed episodes of the validation classes, and a checkpoint
     is saved (also every ``checkpoint_every`` steps, and once ``checkpoint_minutes``
@@ -86,11 +128,24 @@ class PretrainConfig:
     min_count: int = 2
     max_len: int = 32
     tasks: Literal["smlmt", "supervised", "hybrid"] = "hybrid"
+    max_per_class: int = 0
+    val_corpus: str = ""
+    val_corpus_options: dict = field(default_factory=dict)
+    val_label_column: str = ""
+    test_corpus: str = ""
+    test_corpus_options: dict = field(default_factory=dict)
+    test_label_column: str = ""
+    source_column: str = ""
+    sampling: Literal["uniform", "size", "temperature"] = "uniform"
+    alpha: float = 0.5
     # backbone
     backbone: str = "transformer"
     dim: int = 64
     layers: int = 2
     heads: int = 4
+    pretrained: str = ""
+    train_layers: int = 1
+    adapt_layers: int = 0
     # learner and task shape
     learner: str = "protomaml"
     first_order: bool = True
@@ -124,7 +179,8 @@ class PretrainConfig:
                      "val_episodes", "checkpoint_every", "keep_checkpoints", "test_episodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key {name!r} must be at least 1, got {getattr(self, name)}")
-        for name in ("inner_steps", "patience", "split_seed", "seed"):
+        for name in ("inner_steps", "patience", "split_seed", "seed", "max_per_class",
+                     "train_layers", "adapt_layers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(self, name)}")
         for name in ("inner_lr", "outer_lr"):
@@ -142,11 +198,20 @@ class PretrainConfig:
         if self.dim % self.heads:
             raise ConfigError(f"config key 'dim' ({self.dim}) must be divisible by 'heads' "
                               f"({self.heads})")
-        if self.val_classes < self.n_way or self.test_classes < self.n_way:
-            raise ConfigError(f"config keys 'val_classes' ({self.val_classes}) and "
-                              f"'test_classes' ({self.test_classes}) must be at least n_way "
-                              f"({self.n_way}): an N-way episode needs N classes; raise them "
-                              f"or lower n_way")
+        for split in ("val", "test"):
+            if getattr(self, f"{split}_classes") < self.n_way and not getattr(self, f"{split}_corpus"):
+                raise ConfigError(f"config key '{split}_classes' ({getattr(self, f'{split}_classes')}) "
+                                  f"must be at least n_way ({self.n_way}): an N-way episode needs "
+                                  f"N classes; raise it or lower n_way")
+        if self.adapt_layers > self.train_layers:
+            raise ConfigError(f"config key 'adapt_layers' ({self.adapt_layers}) cannot exceed "
+                              f"'train_layers' ({self.train_layers}): the inner loop adapts only "
+                              f"layers that are trained")
+        if self.alpha < 0:
+            raise ConfigError(f"config key 'alpha' must be >= 0, got {self.alpha}")
+        if self.backbone == "hf" and not self.pretrained:
+            raise ConfigError("backbone 'hf' needs 'pretrained': the name of a Hugging Face "
+                              "encoder (e.g. bert-base-uncased) or the path of a local copy")
 
     # --- construction -------------------------------------------------------------------
 
@@ -154,18 +219,16 @@ class PretrainConfig:
     def for_scale(cls, scale: str | None = None, **overrides: Any) -> "PretrainConfig":
         """Defaults for ``scale`` (``"small"`` or ``"large"``; default: ``METABOOK_SCALE``).
 
-        >>> PretrainConfig.for_scale("large").dim
-        256
+        A pretrained backbone in ``overrides`` brings the defaults of fine-tuning
+        one (a smaller outer learning rate, fewer steps, longer sentences)::
+
+            >>> PretrainConfig.for_scale("large").dim
+            256
+            >>> PretrainConfig.for_scale("small", backbone="minilm").outer_lr
+            0.0001
         """
         scale = scale or current_scale()
-        if scale not in SCALES:
-            raise ConfigError(f"scale {scale!r} is not one of {SCALES.names()}")
-        base: dict[str, Any] = {"scale": scale}
-        if scale == "large":  # a GPU-sized run: wider, deeper, longer, more episodes
-            base.update(dim=256, layers=4, heads=8, max_len=64, meta_batch=16, steps=5000,
-                        eval_every=250, checkpoint_every=250, val_episodes=200,
-                        test_episodes=1000, patience=5)
-        return cls.from_dict({**base, **overrides})
+        return cls.from_dict({**_defaults(scale, overrides.get("backbone")), **overrides})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "PretrainConfig":
@@ -306,7 +369,8 @@ def load_config(path: str | Path | None = None, scale: str | None = None,
         where = "" if path is None else f" in {source}"
         raise ConfigError(f"config key 'scale'{where} must be one of {list(SCALES)}, "
                           f"got {chosen!r}")
-    base = PretrainConfig.for_scale(chosen).to_dict()
+    backbone = overrides.get("backbone") or values.get("backbone")
+    base = {**PretrainConfig().to_dict(), **_defaults(chosen or current_scale(), backbone)}
     # The file is checked on its own first so that an error names the file.
     PretrainConfig.from_dict({**base, **values}, source=source)
     return PretrainConfig.from_dict({**base, **values, **overrides})

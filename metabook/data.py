@@ -44,6 +44,8 @@ class Data:
     ``ids[split]`` (``(n, max_len)`` token ids) for ``split`` in
     ``"train"``, ``"val"``, ``"test"``. ``vocab`` is the tokenizer: a word
     :class:`~metabook.text.Vocab` unless the backbone brings its own.
+    ``sources["train"]`` names each training sentence's task source (the
+    config's ``source_column``; empty when there is none).
     """
 
     vocab: Tokenizer
@@ -52,6 +54,7 @@ class Data:
     labels: dict[str, list[str]]
     ids: dict[str, Tensor]
     dropped: list[str] = field(default_factory=list)
+    sources: dict[str, list[str]] = field(default_factory=dict)
 
     def label_ids(self, split: str) -> Tensor:
         """The labels of ``split`` as ids into ``classes[split]``."""
@@ -59,56 +62,118 @@ class Data:
         return torch.tensor([index[c] for c in self.labels[split]])
 
 
+#: One corpus read by class: ``{class: [(text, source), ...]}``, each text once.
+_ByClass = dict[str, list[tuple[str, str]]]
+
+
 def prepare_data(config: PretrainConfig) -> Data:
-    """Load ``config.corpus`` and split, tokenise and encode it (deterministic in the config).
+    """Load the config's corpora and split, tokenise and encode them (deterministic in the config).
 
     Repeated sentences are kept once (chatterbot repeats each conversation's
     opening line; a repeat in both the support and the query set would be
-    memorised, not learned). Classes with fewer than ``k_shot + q_query``
-    distinct sentences are dropped. A word vocabulary is built from every
-    sentence without its label, as a tokenizer trained on general text would
-    be; only the training classes' sentences are used for pretraining.
+    memorised, not learned), and a sentence of the training classes never
+    reappears in a validation or test class. Classes with fewer than
+    ``k_shot + q_query`` distinct sentences are dropped; ``max_per_class`` keeps
+    a seeded sample of the larger ones. Validation and test classes are held out
+    of ``corpus``, unless ``val_corpus`` or ``test_corpus`` name another corpus
+    (a new domain or language) whose classes are then used whole. A word
+    vocabulary is built from every sentence without its label, as a tokenizer
+    trained on general text would be, unless the backbone brings its own
+    tokenizer; only the training classes' sentences are used for pretraining.
     """
-    ds = corpora.load(config.corpus, **config.corpus_options)
-    name = _corpus_name(config)
-    if config.label_column not in ds.column_names:
-        raise ConfigError(f"{name} has no column {config.label_column!r} for label_column; its "
-                          f"columns are {ds.column_names}: set label_column to the one that "
-                          f"names the classes", options=("label_column",))
-    first_label: dict[str, str] = {}
-    for text, label in zip(ds["text"], ds[config.label_column]):
-        first_label.setdefault(text.strip(), str(label))
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for text, label in first_label.items():
-        by_class[label].append(text)
+    main = _read(config.corpus, config.corpus_options, config.label_column, "",
+                 config.source_column)
     need = config.k_shot + config.q_query
-    kept = sorted(c for c, texts in by_class.items() if len(texts) >= need)
-    dropped = sorted(set(by_class) - set(kept))
-    held_out = config.test_classes + config.val_classes
-    if len(kept) < held_out + config.n_way:
+    kept = sorted(c for c, rows in main.items() if len(rows) >= need)
+    dropped = sorted(set(main) - set(kept))
+    n_test = 0 if config.test_corpus else config.test_classes
+    n_val = 0 if config.val_corpus else config.val_classes
+    if len(kept) < n_test + n_val + config.n_way:
+        held = [k for k, n in (("test_classes", n_test), ("val_classes", n_val)) if n]
         raise ConfigError(
-            f"{name} has {len(kept)} class(es) with at least K+Q={need} distinct sentences "
-            f"(of {len(by_class)} in all), but test_classes + val_classes + n_way = "
-            f"{held_out + config.n_way} are needed; lower those or k_shot/q_query, or use a "
-            f"corpus with more classes", options=("test_classes", "val_classes", "n_way"))
+            f"{_corpus_name(config.corpus, config.corpus_options)} has {len(kept)} class(es) with "
+            f"at least K+Q={need} distinct sentences (of {len(main)} in all), but "
+            f"{' + '.join(held + ['n_way'])} = {n_test + n_val + config.n_way} are needed; lower "
+            f"those or k_shot/q_query, or use a corpus with more classes",
+            options=("test_classes", "val_classes", "n_way"))
     order = list(kept)
     random.Random(config.split_seed).shuffle(order)
-    classes = {"test": sorted(order[: config.test_classes]),
-               "val": sorted(order[config.test_classes: held_out]),
-               "train": sorted(order[held_out:])}
-    texts = {s: [t for c in cs for t in by_class[c]] for s, cs in classes.items()}
-    labels = {s: [c for c in cs for _ in by_class[c]] for s, cs in classes.items()}
-    own = BACKBONES[config.backbone].tokenizer
-    vocab = (own(list(first_label)) if own is not None
-             else Vocab.build([words(t) for t in first_label], min_count=config.min_count))
+    split = {"test": {c: main[c] for c in order[:n_test]},
+             "val": {c: main[c] for c in order[n_test: n_test + n_val]},
+             "train": {c: main[c] for c in order[n_test + n_val:]}}
+    for name in ("val", "test"):
+        corpus = getattr(config, f"{name}_corpus")
+        if corpus:
+            column = getattr(config, f"{name}_label_column") or config.label_column
+            split[name] = _read(corpus, getattr(config, f"{name}_corpus_options"), column,
+                                f"{name}_", "")
+    # No sentence twice: not in two held-out splits, and never one that training sees.
+    seen = {t for rows in split["train"].values() for t, _ in rows}
+    for name in ("test", "val"):
+        split[name] = {c: [r for r in rows if r[0] not in seen] for c, rows in split[name].items()}
+        seen |= {t for rows in split[name].values() for t, _ in rows}
+    for name in ("val", "test"):
+        usable = {c: rows for c, rows in sorted(split[name].items()) if len(rows) >= need}
+        dropped += sorted(f"{c} ({name})" for c in set(split[name]) - set(usable))
+        if len(usable) < config.n_way:
+            raise ConfigError(f"the {name} split has {len(usable)} class(es) with at least "
+                              f"K+Q={need} distinct sentences, fewer than n_way={config.n_way}; "
+                              f"lower n_way, k_shot or q_query, or give it more classes",
+                              options=(f"{name}_classes", "n_way"))
+        split[name] = usable
+    rng = random.Random(config.split_seed)
+    for name in ("train", "val", "test"):
+        split[name] = {c: _capped(rows, config.max_per_class, rng)
+                       for c, rows in sorted(split[name].items())}
+    classes = {s: sorted(split[s]) for s in split}
+    texts = {s: [t for c in classes[s] for t, _ in split[s][c]] for s in split}
+    labels = {s: [c for c in classes[s] for _ in split[s][c]] for s in split}
+    sources = {s: [src for c in classes[s] for _, src in split[s][c]] for s in split}
+    every = [t for s in ("train", "val", "test") for t in texts[s]]
+    vocab = (BACKBONES[config.backbone].own_tokenizer(config, every)
+             or Vocab.build([words(t) for t in every], min_count=config.min_count))
     ids = {s: vocab.encode_texts(texts[s], config.max_len) for s in classes}
-    return Data(vocab, classes, texts, labels, ids, dropped)
+    return Data(vocab, classes, texts, labels, ids, dropped, sources)
 
 
-def _corpus_name(config: PretrainConfig) -> str:
-    """``corpus 'NAME'``, with the file it reads when the config names one (for messages)."""
-    path = config.corpus_options.get("path") or config.corpus_options.get("data_files")
-    return f"corpus {config.corpus!r}" + (f" ({path})" if path else "")
+def _read(corpus: str, options: dict, label_column: str, role: str,
+          source_column: str) -> _ByClass:
+    """``corpus`` loaded and grouped by ``label_column``, each text once (with its first label).
+
+    ``role`` (``""``, ``"val_"`` or ``"test_"``) is the prefix of the config keys
+    that name this corpus, for messages.
+    """
+    ds = corpora.load(corpus, **options)
+    name = _corpus_name(corpus, options)
+    for column, key in ((label_column, f"{role}label_column"), (source_column, "source_column")):
+        if column and column not in ds.column_names:
+            raise ConfigError(f"{name} has no column {column!r} for {key}; its columns are "
+                              f"{ds.column_names}: set {key} to one of them",
+                              options=(key, f"{role}corpus_options" if role else "corpus_options"))
+    sources = ds[source_column] if source_column else [""] * len(ds)
+    first: dict[str, tuple[str, str]] = {}
+    for text, label, source in zip(ds["text"], ds[label_column], sources):
+        text = text.strip()
+        if text:
+            first.setdefault(text, (str(label), str(source)))
+    by_class: _ByClass = defaultdict(list)
+    for text, (label, source) in first.items():
+        by_class[label].append((text, source))
+    return dict(by_class)
+
+
+def _capped(rows: list[tuple[str, str]], cap: int, rng: random.Random) -> list[tuple[str, str]]:
+    """At most ``cap`` of ``rows`` (all when ``cap`` is 0), a seeded sample in corpus order."""
+    if not cap or len(rows) <= cap:
+        return rows
+    keep = set(rng.sample(range(len(rows)), cap))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+def _corpus_name(corpus: str, options: dict) -> str:
+    """``corpus 'NAME'``, with the file it reads when the options name one (for messages)."""
+    path = options.get("path") or options.get("data_files")
+    return f"corpus {corpus!r}" + (f" ({path})" if path else "")
 
 
 def episodes(data: Data, split: str, n: int, n_way: int, k_shot: int, q_query: int,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = ["MetabookError", "TaskError", "CorpusError", "CheckpointError", "ConfigError",
-           "TrainingError", "OutputError", "FolderInUseError", "TrainingInterrupted"]
+           "TrainingError", "OutputError", "MissingPackageError", "FolderInUseError",
+           "TrainingInterrupted"]
 
 
 class MetabookError(Exception):
@@ -58,6 +59,10 @@ class OutputError(MetabookError, OSError):
     Still an :class:`OSError` (with the original ``errno``), so code that
     catches ``OSError`` around a save keeps working.
     """
+
+
+class MissingPackageError(MetabookError, ImportError):
+    """An optional package that was asked for (a pretrained model's, a peer library) is not installed."""
 
 
 class FolderInUseError(MetabookError, RuntimeError):

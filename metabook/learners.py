@@ -282,6 +282,11 @@ class ANIL(GradientLearner):
         return self.model(self.body(x))
 
 
+def _linear(z: Tensor, params: Params) -> Tensor:
+    """The head's logits ``z Wᵀ + b`` from ``params["head.weight"]`` and ``["head.bias"]``."""
+    return z @ params["head.weight"].T + params["head.bias"]
+
+
 def _prototypes(z: Tensor, y: Tensor, n_way: int) -> Tensor:
     onehot = F.one_hot(y, n_way).to(z.dtype)
     return (onehot.T @ z) / onehot.sum(0, keepdim=True).T
@@ -313,12 +318,14 @@ class ProtoMAML(GradientLearner):
     """ProtoMAML (Triantafillou et al., 2020): MAML with a head initialised from prototypes.
 
     The linear head starts at ``W_k = 2 c_k``, ``b_k = -‖c_k‖²`` (the linear form
-    of ProtoNet's logits); then ``steps`` gradient steps adapt the head and,
-    unless ``adapt_encoder=False``, the encoder too.
+    of ProtoNet's logits); then ``steps`` gradient steps adapt the head and the
+    encoder's parameters that ``adapt_encoder`` selects: all (``True``), none
+    (``False``: the support features are then computed once), or those whose
+    name it accepts (a function of the name, e.g. the top layers).
     """
 
     def __init__(self, encoder: nn.Module, lr: float = 0.1, steps: int = 1,
-                 first_order: bool = False, adapt_encoder: bool = True,
+                 first_order: bool = False, adapt_encoder: bool | Callable[[str], bool] = True,
                  loss: Loss = F.cross_entropy, allow_unused: bool = False):
         super().__init__(encoder, lr, steps, first_order, loss, allow_unused=allow_unused)
         self.adapt_encoder = adapt_encoder
@@ -332,26 +339,35 @@ class ProtoMAML(GradientLearner):
 
     def _logits(self, params: Params, x: Tensor) -> Tensor:
         enc = {n: p for n, p in params.items() if n not in ("head.weight", "head.bias")}
-        z = functional_call(self.model, enc, (x,))
-        return z @ params["head.weight"].T + params["head.bias"]
+        return _linear(functional_call(self.model, enc, (x,)), params)
+
+    def _adapted_encoder(self, enc: Params) -> Params:
+        choose = self.adapt_encoder
+        return {n: p for n, p in enc.items()
+                if (choose(n) if callable(choose) else bool(choose))}
 
     def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None) -> Params:
-        protos = _prototypes(self.model(x), y, int(y.max()) + 1)
+        z = self.model(x)
+        protos = _prototypes(z, y, int(y.max()) + 1)
         enc = params_of(self.model)
         head = {"head.weight": 2 * protos, "head.bias": -protos.pow(2).sum(-1)}
         first_order = self.first_order if first_order is None else first_order
-        fast = {**(enc if self.adapt_encoder else {}), **head}
+        fast = {**self._adapted_encoder(enc), **head}
         frozen = {n: p for n, p in enc.items() if n not in fast}
-        loss_fn = lambda p, xb, yb: self.inner_loss({**frozen, **p}, xb, yb)  # noqa: E731
+        if len(fast) == len(head):
+            # The head alone adapts: its loss needs the support features, computed once.
+            inputs, loss_fn = z, lambda p, zb, yb: self.loss(_linear(zb, p), yb)  # noqa: E731
+        else:
+            inputs, loss_fn = x, lambda p, xb, yb: self.inner_loss({**frozen, **p}, xb, yb)  # noqa: E731
         if not first_order:
-            return {**frozen, **adapt(loss_fn, fast, x, y, self.steps, self.lr,
+            return {**frozen, **adapt(loss_fn, fast, inputs, y, self.steps, self.lr,
                                       allow_unused=self.allow_unused)}
         # The head shares the support features' graph with the outer loss, so the inner
         # loop runs on detached copies and its displacement is added as a constant:
         # θ' = θ₀ + sg(θ'_J − θ₀). The meta-gradient still reaches the encoder through θ₀.
         detached = {n: p.detach().requires_grad_() for n, p in fast.items()}
-        moved = adapt(loss_fn, detached, x, y, self.steps, self.lr, first_order=True,
-                      allow_unused=self.allow_unused)
+        moved = adapt(loss_fn, detached, inputs.detach() if inputs is z else inputs, y,
+                      self.steps, self.lr, first_order=True, allow_unused=self.allow_unused)
         return {**frozen, **{n: fast[n] + (moved[n] - detached[n]).detach() for n in fast}}
 
     def predict(self, state: Params, x: Tensor) -> Tensor:

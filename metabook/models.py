@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -239,18 +239,35 @@ class Backbone:
     ``build(vocab_size, dim=, layers=, heads=, max_len=, pad_id=)`` returns a
     fresh encoder that maps ``(batch, length)`` ids to ``(batch, width)``
     vectors. ``objective`` is the language-model objective of its baselines:
-    ``"mlm"`` (masked) or ``"causal"`` (left to right). A pretrained backbone
-    sets ``tokenizer(texts)``, which returns the
+    ``"mlm"`` (masked) or ``"causal"`` (left to right). A backbone that brings
+    its own tokenizer sets ``tokenizer(texts)``, which returns the
     :class:`~metabook.text.Tokenizer` it was trained with (the corpus's texts are
     passed for a tokenizer that is trained on them), and ``width``, its fixed
     output width; by default the corpus's word vocabulary and the config's
-    ``dim`` are used.
+    ``dim`` are used. A pretrained encoder whose every piece depends on the run's
+    config (:class:`metabook.pretrained.PretrainedBackbone`) overrides the three
+    methods below instead, through which the rest of the library reads an entry.
     """
 
     build: Callable[..., nn.Module]
     objective: str = "mlm"
     tokenizer: Callable[[Sequence[str]], Tokenizer] | None = None
     width: int | None = None
+    #: Whether the encoder starts from pretrained weights (no language-model baselines then).
+    pretrained: bool = False
+
+    def encoder(self, config: Any, vocab_size: int, pad_id: int) -> nn.Module:
+        """A fresh encoder for the run ``config`` (a :class:`~metabook.config.PretrainConfig`)."""
+        return self.build(vocab_size, dim=config.dim, layers=config.layers, heads=config.heads,
+                          max_len=config.max_len, pad_id=pad_id)
+
+    def own_tokenizer(self, config: Any, texts: Sequence[str]) -> Tokenizer | None:
+        """The tokenizer the backbone brings for ``config``, or None for a word vocabulary."""
+        return self.tokenizer(texts) if self.tokenizer is not None else None
+
+    def output_width(self, config: Any) -> int:
+        """The width of the vectors the encoder puts out for ``config``."""
+        return self.width or config.dim
 
 
 #: The backbones a config may name, with their display names.

