@@ -97,7 +97,7 @@ bench: $(STAMP) peers  ## time one second-order MAML meta-step: metabook (and it
 	$(PY) benchmarks/meta_step.py --json benchmarks/results/meta_step.json
 
 colab-check:  ## run each chapter in a fresh venv holding only what its first (Colab) cell installs
-	$(PYTHON) .ci/colab_check.py $(if $(CHAPTERS),$(addprefix --chapter ,$(CHAPTERS)))
+	$(PYTHON) .ci/colab_check.py --jobs $(JOBS) $(if $(CHAPTERS),$(addprefix --chapter ,$(CHAPTERS)))
 
 lowest:  ## unit tests and Chapter 7 with the lowest versions pyproject.toml declares (in _build/venv-lowest)
 	bash .ci/lowest_versions.sh

@@ -20,7 +20,7 @@ PyTorch is the CPU build this project installs everywhere (``TORCH``, default
 ``torch==2.13.0``): Colab ships a torch, and an unpinned one would be a
 multi-gigabyte CUDA build.
 
-Usage: python .ci/colab_check.py [--chapter 05 --chapter 07 ...] [--keep]
+Usage: python .ci/colab_check.py [--chapter 05 --chapter 07 ...] [--jobs N] [--keep]
 Environments and outputs go to ``_build/colab/`` (removed at the start of each check).
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +168,7 @@ def main() -> int:
     parser.add_argument("--chapter", action="append", default=[],
                         help="a chapter's number or file name prefix, e.g. 05 (repeatable; default: all)")
     parser.add_argument("--keep", action="store_true", help="keep each chapter's environment")
+    parser.add_argument("--jobs", type=int, default=1, help="chapters checked at once (default 1)")
     args = parser.parse_args()
     chapters = sorted((ROOT / "chapters").glob("*.ipynb"))
     if args.chapter:
@@ -179,19 +181,22 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     print(f"colab-check: building the metabook wheel", flush=True)
     wheel = build_wheel()
-    results: dict[str, str] = {}
-    for chapter in chapters:
+    def one(chapter: Path) -> tuple[str, str]:
         print(f"colab-check: {chapter.name} in a fresh environment", flush=True)
         started = time.perf_counter()
         try:
             seconds = check(chapter, wheel, args.keep)
         except CheckError as err:
-            results[chapter.name] = "FAILED"
             print(f"colab-check: {chapter.name} FAILED: {err}", flush=True)
-            continue
+            return chapter.name, "FAILED"
         total = time.perf_counter() - started
-        results[chapter.name] = f"passed: ran in {seconds:.0f} s ({total:.0f} s with its set-up)"
-        print(f"colab-check: {chapter.name} {results[chapter.name]}", flush=True)
+        result = f"passed: ran in {seconds:.0f} s ({total:.0f} s with its set-up)"
+        print(f"colab-check: {chapter.name} {result}", flush=True)
+        return chapter.name, result
+
+    # Each chapter is its own process in its own environment: they can run side by side.
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = dict(pool.map(one, chapters))
     print("\ncolab-check summary")
     for name, result in results.items():
         print(f"  {name:<28}{result}")

@@ -19,7 +19,7 @@ rate chosen on validation episodes from one grid.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -261,17 +261,9 @@ def verdict(rows: Sequence[Row]) -> str:
     meta = next(r for r in rows if r.key == "meta")
     parts = []
     for r in rows:
-        if r is meta:
-            continue
-        diff = paired_difference(meta.score, r.score)
-        if diff.low > 0:
-            word = "better than"
-        elif diff.high < 0:
-            word = "worse than"
-        else:
-            word = "not distinguishable from"
-        parts.append(f"{word} {r.method} ({100 * diff.mean:+.1f} points, 95% interval "
-                     f"{100 * diff.low:+.1f} to {100 * diff.high:+.1f})")
+        if r is not meta:
+            diff = paired_difference(meta.score, r.score)
+            parts.append(f"{diff.relation()} {r.method} ({diff.points()})")
     return (f"On {mean_ci(meta.score).n} shared test episodes, meta-pretraining is "
             + "; ".join(parts) + ".")
 
@@ -369,8 +361,11 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
     rows = []
     frozen = None
     if "frozen" in baselines or "finetune" in baselines:
-        fresh = build_encoder(config.replace(train_layers=0, adapt_layers=0), len(data.vocab), pad)
-        frozen = embedded("frozen", f"{short}, frozen + prototype head", fresh, None)
+        # The untrained encoder of the runs' config is the frozen model, and it shares their
+        # cache of the frozen layers' states: those are computed once for every row.
+        frozen = embedded("frozen", f"{short}, frozen + prototype head",
+                          build_encoder(config, len(data.vocab), pad), None)
+        frozen = replace(frozen, params=0)
     if "frozen" in baselines:
         rows.append(frozen)
     if "multitask" in baselines:

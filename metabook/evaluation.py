@@ -54,6 +54,12 @@ class Interval:
     mean: float
     half_width: float
     n: int
+    z: float = Z95
+
+    @property
+    def level(self) -> float:
+        """The interval's confidence level (0.95 for ``z`` = :data:`Z95`)."""
+        return 2 * statistics.NormalDist().cdf(self.z) - 1
 
     @property
     def low(self) -> float:
@@ -71,6 +77,27 @@ class Interval:
         """As percentages: ``65.0 ± 12.7``."""
         return f"{100 * self.mean:.1f} ± {100 * self.half_width:.1f}"
 
+    def points(self) -> str:
+        """A difference of accuracies in points, with its interval's ends.
+
+        >>> Interval(0.039, 0.006, 600).points()
+        '+3.9 points, 95% interval +3.3 to +4.5'
+        """
+        return (f"{100 * self.mean:+.1f} points, {self.level:.0%} interval "
+                f"{100 * self.low:+.1f} to {100 * self.high:+.1f}")
+
+    def relation(self, above: str = "better than", below: str = "worse than",
+                 neither: str = "not distinguishable from") -> str:
+        """What the interval of a paired difference ``a - b`` supports about ``a`` and ``b``.
+
+        ``above`` when it lies above zero, ``below`` when below, else ``neither``:
+        a direction is read off only when the interval excludes zero.
+
+        >>> Interval(0.02, 0.01, 600).relation(), Interval(0.02, 0.03, 600).relation()
+        ('better than', 'not distinguishable from')
+        """
+        return above if self.low > 0 else below if self.high < 0 else neither
+
 
 def mean_ci(values: Sequence[float], z: float = Z95) -> Interval:
     """Mean of ``values`` and the half-width ``z · s / √n`` of its confidence interval."""
@@ -79,7 +106,7 @@ def mean_ci(values: Sequence[float], z: float = Z95) -> Interval:
         raise ConfigError(f"a confidence interval needs at least 2 values, got {len(values)}: "
                           f"evaluate on more episodes")
     return Interval(statistics.fmean(values), z * statistics.stdev(values) / math.sqrt(len(values)),
-                    len(values))
+                    len(values), z)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> Interval:

@@ -103,7 +103,8 @@ def test_fewrel_format_with_its_validation_relations_as_the_test(tmp_path, encod
     config = {**TINY, "pretrained": str(encoder_dir), "corpus": "fewrel", "label_column": "label",
               "corpus_options": {**options, "split": "train"}, "val_classes": 3,
               "test_corpus": "fewrel", "test_corpus_options": {**options, "split": "validation"}}
-    _check(_run(tmp_path, config, "--no-scratch"), ROWS, 6)
+    _check(_run(tmp_path, config, "--no-scratch", "--baselines", "frozen", "ngram"),
+           ["frozen", "ngram", "meta", "meta-protonet"], 6)
 
 
 def test_sib200_format_with_new_languages_for_validation_and_test(tmp_path, encoder_dir, topics,

@@ -78,3 +78,68 @@ def test_import_and_help_load_no_heavy_library():
                            "print('torch' in sys.modules, metabook.MAML.__name__)"],
                           capture_output=True, text=True, check=True)
     assert lazy.stdout.split() == ["True", "MAML"]
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Each metabook module -> the metabook modules it imports when it is imported.
+
+    Only imports that run at import time count: those at module level, outside
+    functions, and not under ``if TYPE_CHECKING:``.
+    """
+    import ast
+
+    package = ROOT / "metabook"
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        found: set[str] = set()
+
+        def visit(nodes):
+            for node in nodes:
+                if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                    continue
+                if isinstance(node, ast.Import):
+                    found.update(a.name for a in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        anchor = name.split(".")[: len(name.split(".")) - node.level + is_package]
+                        base = ".".join(anchor + ([base] if base else []))
+                    found.add(base)
+                    found.update(f"{base}.{a.name}" for a in node.names)
+                elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                    visit(ast.iter_child_nodes(node))
+
+        visit(ast.parse(path.read_text()).body)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_no_import_cycles_between_metabook_modules():
+    graph = _module_imports()
+    assert len(graph) > 30 and graph["metabook.pipeline"], "the import graph was not read"
+    done: set[str] = set()
+
+    def walk(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = path[path.index(module):] + [module]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if module in done:
+            return
+        for dep in sorted(graph[module]):
+            walk(dep, path + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        walk(module, [])
+
+
+def test_import_metabook_is_light():
+    code = ("import sys, metabook; "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"import metabook pulled in {out.stdout.strip()}"

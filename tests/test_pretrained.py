@@ -198,6 +198,10 @@ def test_cached_frozen_layers_give_the_uncached_outputs():
     pooled = (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
     assert torch.allclose(F.normalize(pooled, dim=-1) * cached.log_scale.exp(), reference,
                           rtol=0, atol=1e-10)
+    # So an untrained encoder with a trained top layer is the frozen model, which lets the
+    # comparison's frozen row share the other rows' cache.
+    assert torch.allclose(PretrainedEncoder(bert, pad_id=0, train_layers=0)(ids), reference,
+                          rtol=0, atol=1e-10)
 
 
 def test_gradients_flow_through_the_trained_layers_only():

@@ -5,6 +5,7 @@
     metabook pretrain [--config FILE] [--out DIR] [--steps N] [--resume] [--scale large]
     metabook evaluate DIR [--episodes N] [--json]
     metabook reproduce chapter5|chapter6 [--config FILE] [--out DIR] [--learners NAME ...]
+                       [--baselines KEY ...] [--no-scratch]
     metabook datasets
     metabook info
 
@@ -136,6 +137,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     config = _config(args) if args.config else None
     options = dict(learners=args.learners, scratch=not args.no_scratch, scale=args.scale,
                    progress=not args.quiet)
+    if args.baselines:
+        options["baselines"] = args.baselines
     if args.target == "chapter5":
         results = {"": reproduce.reproduce_chapter5(out, config, minilm=not args.no_minilm,
                                                     **options)}
@@ -224,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: one more, ProtoNet or ProtoMAML)")
     p.add_argument("--no-scratch", action="store_true",
                    help="leave out meta-pretraining from scratch (pretrained backbones)")
+    p.add_argument("--baselines", nargs="+", metavar="KEY",
+                   help="measure only these baseline rows, by key: frozen, multitask, finetune, "
+                        "ngram (pretrained backbones; default: all)")
     p.add_argument("--no-minilm", action="store_true",
                    help="leave out the frozen MiniLM row (a backbone trained from scratch)")
     p.set_defaults(handler=_cmd_reproduce, parser=p)

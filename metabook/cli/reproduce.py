@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metabook.checkpoint import write_json_atomic
-from metabook.comparison import Row, compare, compare_pretrained, markdown_table, verdict
+from metabook.comparison import BASELINES, Row, compare, compare_pretrained, markdown_table, verdict
 from metabook.config import PretrainConfig
+from metabook.errors import ConfigError
 from metabook.models import BACKBONES
 from metabook.rundir import RunDir, lock_folder
 from metabook.runs import CONFIG, RESULT, Run, load_run, pretrain
@@ -76,25 +77,30 @@ def trained_run(config: PretrainConfig, out: str | Path, progress: bool = False)
 
 
 def reproduce(config: PretrainConfig, out: str | Path, learners: Sequence[str] | None = None,
-              scratch: bool = True, minilm: bool = True, progress: bool = False) -> list[Row]:
+              scratch: bool = True, minilm: bool = True, progress: bool = False,
+              baselines: Sequence[str] = BASELINES) -> list[Row]:
     """Train (or reuse) every run the comparison of ``config`` needs, measure it, write it.
 
     For a pretrained backbone the meta-pretraining runs are ``config.learner``
     and ``learners`` (None: one more, ProtoNet or ProtoMAML), in
     ``out/meta`` and ``out/meta-NAME``; with ``scratch`` a from-scratch run
     (:func:`scratch_config`) in ``out/scratch`` joins them
-    (:func:`metabook.comparison.compare_pretrained`). A backbone trained from
-    scratch gets :func:`metabook.comparison.compare` (``minilm``: with the
-    frozen MiniLM's row). Writes ``out/results.{json,csv,md}``. ``out`` is
-    locked while this runs (:meth:`metabook.rundir.RunDir.lock`).
+    (:func:`metabook.comparison.compare_pretrained`, with the rows of
+    ``baselines``). A backbone trained from scratch gets
+    :func:`metabook.comparison.compare` (``minilm``: with the frozen MiniLM's
+    row). Writes ``out/results.{json,csv,md}``. ``out`` is locked while this
+    runs (:meth:`metabook.rundir.RunDir.lock`).
     """
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:  # before any training, not after it
+        raise ConfigError(f"unknown baseline(s) {unknown}; the baselines are {list(BASELINES)}")
     out = Path(out)
     with lock_folder(out, "reproduce"):
-        return _reproduce(config, out, learners, scratch, minilm, progress)
+        return _reproduce(config, out, learners, scratch, minilm, progress, baselines)
 
 
 def _reproduce(config: PretrainConfig, out: Path, learners: Sequence[str] | None,
-               scratch: bool, minilm: bool, progress: bool) -> list[Row]:
+               scratch: bool, minilm: bool, progress: bool, baselines: Sequence[str]) -> list[Row]:
     if BACKBONES[config.backbone].pretrained:
         if learners is None:
             learners = ["protonet" if config.learner != "protonet" else "protomaml"]
@@ -103,7 +109,7 @@ def _reproduce(config: PretrainConfig, out: Path, learners: Sequence[str] | None
                             out / ("meta" if i == 0 else f"meta-{name}"), progress)
                 for i, name in enumerate(learners)]
         base = trained_run(scratch_config(config), out / "scratch", progress) if scratch else None
-        rows = compare_pretrained(runs, out, base, progress=progress)
+        rows = compare_pretrained(runs, out, base, progress=progress, baselines=baselines)
     else:
         rows = compare(trained_run(config, out / "meta", progress), out, minilm=minilm,
                        progress=progress)
@@ -130,17 +136,20 @@ def write_results(out: str | Path, config: PretrainConfig, rows: Sequence[Row]) 
 def reproduce_chapter5(out: str | Path = "runs/chapter5", config: PretrainConfig | None = None,
                        minilm: bool = True, progress: bool = False,
                        learners: Sequence[str] | None = None, scratch: bool = True,
-                       scale: str | None = None) -> list[Row]:
+                       scale: str | None = None, baselines: Sequence[str] = BASELINES
+                       ) -> list[Row]:
     """Chapter 5's comparison: :func:`reproduce` on ``config`` (default: :data:`CHAPTER5` at
     ``scale``, which defaults to ``METABOOK_SCALE``)."""
     config = config or PretrainConfig.for_scale(scale, **CHAPTER5)
-    return reproduce(config, out, learners, scratch=scratch, minilm=minilm, progress=progress)
+    return reproduce(config, out, learners, scratch=scratch, minilm=minilm, progress=progress,
+                     baselines=baselines)
 
 
 def reproduce_chapter6(out: str | Path = "runs/chapter6", config: PretrainConfig | None = None,
                        progress: bool = False, learners: Sequence[str] | None = None,
                        scratch: bool = True, scale: str | None = None,
-                       settings: Sequence[str] | None = None) -> dict[str, list[Row]]:
+                       settings: Sequence[str] | None = None,
+                       baselines: Sequence[str] = BASELINES) -> dict[str, list[Row]]:
     """Chapter 6's comparisons, one per setting of :data:`CHAPTER6` in ``out/SETTING``.
 
     ``settings`` picks some of them; with ``config``, that config alone is run,
@@ -153,7 +162,8 @@ def reproduce_chapter6(out: str | Path = "runs/chapter6", config: PretrainConfig
     else:
         configs = {name: PretrainConfig.for_scale(scale, **{**CHAPTER5, **CHAPTER6[name]})
                    for name in (settings or CHAPTER6)}
-    results = {name: reproduce(c, out / name, learners, scratch=scratch, progress=progress)
+    results = {name: reproduce(c, out / name, learners, scratch=scratch, progress=progress,
+                               baselines=baselines)
                for name, c in configs.items()}
     (out / "results.md").write_text(
         "".join(f"## {name}\n\n{markdown_table(rows)}\n{verdict(rows)}\n\n"
