@@ -4,7 +4,8 @@
 more. Each chapter is its own ``pytest --nbval-lax`` process (its own kernel;
 chapters set torch to one thread, so two of them fill two cores). The slowest
 chapters of the previous run start first, which keeps both cores busy until
-the end; their times are kept in ``_build/notebook-times.json``.
+the end; their times are kept in ``_build/notebook-times.json`` (a fresh clone uses
+the times committed in ``.ci/notebook-times.json``).
 
 Exit status: 0 when every chapter passed, 1 otherwise (the output of every
 failed chapter is printed).
@@ -24,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ROOT / "_build" / "notebook-times.json"
+# Times of a full run on a two-core machine, committed, so that a fresh clone also starts
+# the longest chapters first (refresh it from _build/notebook-times.json after a full run).
+RECORDED = Path(__file__).with_name("notebook-times.json")
 PYTEST = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-cell-timeout=900", "-q",
           "-p", "no:cacheprovider", "--durations=3"]
 SLOW_CELL = re.compile(r"^\s*\d+\.\d+s call\s")  # pytest's --durations lines
@@ -51,10 +55,12 @@ def main() -> int:
     if missing:
         print(f"no such notebook: {', '.join(missing)}", file=sys.stderr)
         return 1
-    try:
-        previous = json.loads(TIMES.read_text())
-    except (OSError, ValueError):
-        previous = {}
+    previous = {}
+    for times in (RECORDED, TIMES):  # this machine's last run, where there was one, wins
+        try:
+            previous.update(json.loads(times.read_text()))
+        except (OSError, ValueError):
+            pass
     # Longest first (unknown ones first of all): the last to start are the short ones.
     order = sorted(chapters, key=lambda p: -previous.get(p.name, float("inf")))
     print(f"running {len(order)} chapters under nbval, {args.jobs} at a time", flush=True)

@@ -45,6 +45,16 @@ def test_chapter_notebook_is_clean_and_colab_ready(path: Path):
         assert cell["outputs"] == [] and cell["execution_count"] is None, \
             "commit chapters without outputs: the book build executes them"
     assert nb["cells"][0]["cell_type"] == "markdown" and "".join(nb["cells"][0]["source"]).startswith("# ")
+    ids = [c.get("id") for c in nb["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), \
+        "every cell needs its own id (nbformat 4.5): run nbformat.validator.normalize on the notebook"
+    for cell in code:
+        source = "".join(cell["source"])
+        if "figure" in cell["metadata"].get("mystnb", {}):
+            # myst-nb gives every rich output of a figure cell the figure's name: a second one
+            # (shown source, a table) is a duplicate target, which fails the strict build.
+            assert "show_source(" not in source and "display(" not in source, \
+                f"figure cell {cell['metadata']['mystnb']['figure'].get('name')} shows more than its figure"
 
 
 def _bib_entries() -> dict[str, str]:
@@ -75,3 +85,10 @@ def test_every_citation_is_in_the_bibliography():
         for cited in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", page.read_text()):
             for key in cited.split(","):
                 assert key.strip() in keys, f"{page.name} cites {key.strip()}, which references.bib lacks"
+
+
+def test_the_recorded_chapter_times_name_every_chapter():
+    """`make notebooks` starts the longest chapters first, from these times on a fresh clone."""
+    times = json.loads((ROOT / ".ci" / "notebook-times.json").read_text())
+    assert set(times) == {p.name for p in CHAPTERS}
+    assert all(seconds > 0 for seconds in times.values())
