@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from metabook.errors import ConfigError, MissingPackageError
+from metabook.errors import ConfigError
 from metabook.learners import ProtoMAML, ProtoNet
 from metabook.models import HFEncoder, TextEncoder, masked_mean
 from metabook.objectives import IGNORE_INDEX, causal_lm_loss, mask_tokens
@@ -49,7 +49,7 @@ from metabook.rundir import RunDir
 from metabook.tasks import Task, trim_padding
 from metabook.training import Trainer
 
-__all__ = ["MissingPackageError", "token_states", "PretrainLog", "pretrain_lm",
+__all__ = ["token_states", "PretrainLog", "pretrain_lm",
            "pretrain_multitask", "finetuner", "load_minilm", "minilm_embeddings",
            "prototype_accuracies"]
 

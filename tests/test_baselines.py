@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import metabook.baselines as baselines
-from metabook.baselines import (MissingPackageError, finetuner, load_minilm, minilm_embeddings,
-                                pretrain_lm, pretrain_multitask, prototype_accuracies,
-                                token_states)
+from metabook.baselines import (finetuner, load_minilm, minilm_embeddings, pretrain_lm,
+                                pretrain_multitask, prototype_accuracies, token_states)
+from metabook.errors import MissingPackageError
 from metabook.errors import ConfigError
 from metabook.evaluation import accuracies, draw_episodes
 from metabook.learners import ProtoNet
