@@ -17,6 +17,7 @@ import random
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,8 +70,9 @@ class Child:
     """``metabook pretrain ARGS`` in a subprocess, paused inside step ``pause_at`` if given."""
 
     def __init__(self, folder: Path, *args: str, pause_at: int | None = None):
-        self.args, self.signals = list(args), folder / f"signals-{pause_at}"
-        self.signals.mkdir(exist_ok=True)
+        # A folder of its own: a child killed while paused leaves its `paused` file behind, and
+        # the next child may pause at the same step.
+        self.args, self.signals = list(args), Path(tempfile.mkdtemp(prefix="signals-", dir=folder))
         env = command_env(PYTHONPATH=os.pathsep.join(filter(None, [str(folder / "hooks"),
                                                                    os.environ.get("PYTHONPATH")])))
         env.pop("METABOOK_PAUSE_AT_STEP", None)
