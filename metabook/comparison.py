@@ -45,8 +45,8 @@ from metabook.scale import device
 from metabook.source import package_fingerprint
 from metabook.tasks import Task, trim_padding
 
-__all__ = ["Row", "BASELINES", "compare", "compare_pretrained", "adaptation_grid", "markdown_table",
-           "verdict"]
+__all__ = ["Row", "BASELINES", "check_baselines", "compare", "compare_pretrained", "adaptation_grid",
+           "markdown_table", "verdict"]
 
 
 @dataclass
@@ -297,6 +297,20 @@ def _trained(encoder: nn.Module) -> int:
 BASELINES = ("frozen", "multitask", "finetune", "ngram")
 
 
+def check_baselines(baselines: Sequence[str]) -> None:
+    """Raise :class:`~metabook.errors.ConfigError` if ``baselines`` names a row :data:`BASELINES` lacks.
+
+    >>> check_baselines(["ngram", "frozen"])
+    >>> check_baselines(["zero-shot"])
+    Traceback (most recent call last):
+    ...
+    metabook.errors.ConfigError: unknown baseline(s) ['zero-shot']; the baselines are ['frozen', 'multitask', 'finetune', 'ngram']
+    """
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"unknown baseline(s) {unknown}; the baselines are {list(BASELINES)}")
+
+
 def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None = None,
                        n_episodes: int | None = None, progress: bool = False,
                        baselines: Sequence[str] = BASELINES) -> list[Row]:
@@ -322,9 +336,7 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
     adaptation leaves it unchanged is embedded once and adapted as a head on its
     vectors, which is exactly the same computation.
     """
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise ConfigError(f"unknown baseline(s) {unknown}; the baselines are {list(BASELINES)}")
+    check_baselines(baselines)
     out = Path(out)
     config, data = runs[0].config, runs[0].data
     pad = data.vocab.pad_id
@@ -351,8 +363,11 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
         ids = {s: data.ids[s] for s in ("val", "test")}
         choice = select_adaptation(learner, to_ids(val, ids["val"], pad), *grid)
         tasks = to_ids(test, ids["test"], pad)
-        after = accuracies(learner, tasks, choice.steps, choice.lr, progress=progress)
-        before = before if before is not None else accuracies(learner, tasks, 0)
+        if before is None:
+            before = accuracies(learner, tasks, 0)
+        # Zero steps chosen: the accuracy after adaptation is the one before it.
+        after = (list(before) if choice.steps == 0 else
+                 accuracies(learner, tasks, choice.steps, choice.lr, progress=progress))
         return Row(key, method, before, after, _trained(encoder), seconds, choice)
 
     name = BACKBONES.display(config.backbone) if config.backbone != "hf" else config.pretrained

@@ -69,6 +69,14 @@ class Interval:
     def high(self) -> float:
         return self.mean + self.half_width
 
+    def __contains__(self, value: float) -> bool:
+        """Whether ``value`` lies in the interval: ``0 in paired_difference(a, b)``.
+
+        >>> 0 in Interval(0.02, 0.03, 600), 0 in Interval(0.02, 0.01, 600)
+        (True, False)
+        """
+        return self.low <= value <= self.high
+
     def overlaps(self, other: "Interval") -> bool:
         """Whether the two intervals share any value."""
         return self.low <= other.high and other.low <= self.high
@@ -212,10 +220,12 @@ def evaluate(learner: Learner, episodes: Sequence[Task], steps: int | None = Non
              lr: float | None = None, progress: bool = False) -> Evaluation:
     """Accuracy on ``episodes`` before adaptation and after ``steps`` inner steps.
 
-    For a learner without an inner loop (ProtoNet) the two are the same.
+    For a learner without an inner loop (ProtoNet), or zero ``steps``, the two
+    are the same, and computed once.
     """
     after = accuracies(learner, episodes, steps, lr, progress, desc="after adaptation")
-    if isinstance(learner, GradientLearner):
+    adapts = isinstance(learner, GradientLearner) and (learner.steps if steps is None else steps)
+    if adapts:
         before = accuracies(learner, episodes, 0, progress=progress, desc="before adaptation")
     else:
         before = list(after)

@@ -67,6 +67,8 @@ def _check(results: dict, keys: list[str], episodes: int) -> None:
     assert list(rows) == keys
     assert all(r["episodes"] == episodes for r in rows.values())
     assert all(0.0 <= r["before"] <= 1.0 for r in rows.values())
+    # zero steps chosen on validation: the test accuracy after adaptation is the one before
+    assert all(r["after"] == r["before"] for r in rows.values() if r["inner_steps"] == 0)
     assert rows["frozen"]["params"] == 0 and rows["meta"]["params"] > 0
     assert "meta_minus_this" in rows["frozen"] and "meta_minus_this" not in rows["meta"]
     assert results["verdict"].startswith(f"On {episodes} shared test episodes")

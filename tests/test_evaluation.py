@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from metabook import evaluation
 from metabook.errors import ConfigError
 from metabook.evaluation import (Z95, Interval, adaptation, curve, draw_episodes, evaluate,
                                  mean_ci, select_adaptation)
@@ -93,6 +94,22 @@ def test_before_and_after_adaptation():
     proto = ProtoNet(nn.Identity())
     ev = evaluate(proto, episodes)
     assert ev.before == ev.after and ev.after_ci.mean > 0.8
+
+
+def test_zero_steps_are_measured_once(monkeypatch):
+    """Zero inner steps: "after" is "before", and the episodes are adapted to once."""
+    episodes = draw_episodes(_source(k=3), 10, seed=0)
+    maml = MAML(nn.Linear(8, 4), lr=0.5, steps=10)
+    calls = []
+    real = evaluation.accuracies
+    monkeypatch.setattr(evaluation, "accuracies",
+                        lambda learner, eps, steps=None, *a, **k: calls.append(steps)
+                        or real(learner, eps, steps, *a, **k))
+    ev = evaluate(maml, episodes, steps=0)
+    assert calls == [0] and ev.before == ev.after == real(maml, episodes, 0)
+    calls.clear()
+    evaluate(maml, episodes)  # the learner's own 10 steps, then 0
+    assert calls == [None, 0]
 
 
 def test_adaptation_overrides_and_restores():

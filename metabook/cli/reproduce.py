@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metabook.checkpoint import write_json_atomic
-from metabook.comparison import BASELINES, Row, compare, compare_pretrained, markdown_table, verdict
+from metabook.comparison import (BASELINES, Row, check_baselines, compare, compare_pretrained,
+                                 markdown_table, verdict)
 from metabook.config import PretrainConfig
-from metabook.errors import ConfigError
 from metabook.models import BACKBONES
 from metabook.rundir import RunDir, lock_folder
 from metabook.runs import CONFIG, RESULT, Run, load_run, pretrain
@@ -91,9 +91,7 @@ def reproduce(config: PretrainConfig, out: str | Path, learners: Sequence[str] |
     row). Writes ``out/results.{json,csv,md}``. ``out`` is locked while this
     runs (:meth:`metabook.rundir.RunDir.lock`).
     """
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:  # before any training, not after it
-        raise ConfigError(f"unknown baseline(s) {unknown}; the baselines are {list(BASELINES)}")
+    check_baselines(baselines)  # before any training, not after it
     out = Path(out)
     with lock_folder(out, "reproduce"):
         return _reproduce(config, out, learners, scratch, minilm, progress, baselines)
