@@ -374,13 +374,13 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
     short = name.split(" (")[0]
     top = f"top {config.train_layers} layer{'s' * (config.train_layers != 1)}"
     rows = []
-    frozen = None
+    frozen = untrained = None
     if "frozen" in baselines or "finetune" in baselines:
         # The untrained encoder of the runs' config is the frozen model, and it shares their
         # cache of the frozen layers' states: those are computed once for every row.
-        frozen = embedded("frozen", f"{short}, frozen + prototype head",
-                          build_encoder(config, len(data.vocab), pad), None)
-        frozen = replace(frozen, params=0)
+        untrained = build_encoder(config, len(data.vocab), pad)
+        frozen = replace(embedded("frozen", f"{short}, frozen + prototype head", untrained, None),
+                         params=0)
     if "frozen" in baselines:
         rows.append(frozen)
     if "multitask" in baselines:
@@ -389,9 +389,9 @@ def compare_pretrained(runs: Sequence[Run], out: str | Path, scratch: Run | None
                                           f"(multi-task, {top}) + prototype head", enc, seconds))
     if "finetune" in baselines:
         support = adapted_parameters(config.replace(adapt_layers=config.train_layers))
+        # Adaptation works on copies of the parameters: the frozen row's encoder serves again.
         rows.append(adapted("finetune", f"{short} fine-tuned on each support set ({top} + head)",
-                            build_encoder(config, len(data.vocab), pad), support, 0.0,
-                            frozen.before))
+                            untrained, support, 0.0, frozen.before))
     if "ngram" in baselines:
         vectors = {s: ngram_features(data.texts[s], idf=True) for s in ("val", "test")}
         rows.append(on_vectors("ngram", "character n-gram TF-IDF + prototype head", vectors, 0,

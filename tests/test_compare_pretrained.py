@@ -149,8 +149,13 @@ def test_runs_and_baselines_are_reused_only_with_the_same_config_and_code(tmp_pa
     again = drivers.reproduce(config, tmp_path, learners=["protonet"], scratch=False)
     assert calls == [] and [r.after for r in again] == [r.after for r in first]
     monkeypatch.setattr(drivers, "package_fingerprint", lambda: "another version of the code")
+    weights = sorted((tmp_path / "meta").rglob("*.safetensors"))
+    saved = {p.relative_to(tmp_path / "meta"): p.read_bytes() for p in weights}
     drivers.reproduce(config, tmp_path, learners=["protonet"], scratch=False)
     assert len(calls) == 1  # the meta-pretraining run was trained again
+    # ... and the older run was kept beside it, not deleted
+    assert saved and all((tmp_path / "meta.previous" / name).read_bytes() == data
+                         for name, data in saved.items())
 
 
 def test_examples_are_the_drivers_settings():

@@ -63,7 +63,8 @@ def trained_run(config: PretrainConfig, out: str | Path, progress: bool = False)
     """The run of ``config`` in ``out``: reused when config and code match, trained otherwise.
 
     A run of the same config that was stopped before it finished continues from
-    its checkpoint.
+    its checkpoint; a run of another config or of older code is moved aside to
+    ``OUT.previous`` (replacing the one there) before training starts.
     """
     run = RunDir(out)
     result = run.read_json(RESULT) or {}
@@ -71,7 +72,9 @@ def trained_run(config: PretrainConfig, out: str | Path, progress: bool = False)
                                                            package_fingerprint()):
         resume = not result and run.holds_run() and run.read_json(CONFIG) == config.to_dict()
         if run.path.exists() and not resume:  # another config's run, or older code's
-            shutil.rmtree(run.path)
+            previous = run.path.with_name(run.path.name + ".previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            run.path.rename(previous)
         pretrain(config, run.path, resume=resume, progress=progress)
     return load_run(run.path)
 
