@@ -53,12 +53,14 @@ from torch.func import functional_call
 
 from metabook.errors import ConfigError
 
-__all__ = ["Params", "LossFn", "StepSize", "Proximal", "params_of", "make_loss_fn", "gradients",
-           "update", "sgd_step", "adapt"]
+__all__ = ["Params", "LossFn", "StepSize", "Each", "Proximal", "params_of", "make_loss_fn",
+           "gradients", "update", "sgd_step", "adapt"]
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Params, Tensor, Tensor], Tensor]
 StepSize = float | Tensor | Mapping[str, Tensor]
+#: ``each(k, params)``: called with the parameters after ``k`` inner steps (see :func:`adapt`).
+Each = Callable[[int, Params], None]
 
 
 @dataclass(frozen=True)
@@ -145,9 +147,25 @@ def sgd_step(loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr: StepSize
 
 def adapt(loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, steps: int, lr: StepSize,
           first_order: bool = False, *, allow_unused: bool = False,
-          proximal: Proximal | None = None) -> Params:
-    """``steps`` gradient steps (:func:`sgd_step`) from ``params`` on the support set ``(x, y)``."""
-    for _ in range(steps):
+          proximal: Proximal | None = None, each: Each | None = None) -> Params:
+    """``steps`` gradient steps (:func:`sgd_step`) from ``params`` on the support set ``(x, y)``.
+
+    ``each(k, params)``, if given, sees the parameters after ``k`` steps, for
+    ``k = 0, 1, ..., steps``: one adaptation then measures every shorter one too.
+
+    >>> model = nn.Linear(3, 2)
+    >>> loss_fn = make_loss_fn(model, nn.functional.cross_entropy)
+    >>> seen = []
+    >>> last = adapt(loss_fn, params_of(model), torch.randn(4, 3), torch.tensor([0, 1, 0, 1]),
+    ...              steps=2, lr=0.1, each=lambda k, p: seen.append(k))
+    >>> seen
+    [0, 1, 2]
+    """
+    if each is not None:
+        each(0, params)
+    for k in range(1, steps + 1):
         params = sgd_step(loss_fn, params, x, y, lr, first_order, allow_unused=allow_unused,
                           proximal=proximal)
+        if each is not None:
+            each(k, params)
     return params

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metabook import batching
-from metabook.adaptation import Params, adapt, gradients, params_of, update
+from metabook.adaptation import Each, Params, adapt, gradients, params_of, update
 from metabook.errors import ConfigError
 from metabook.tasks import Task
 
@@ -154,15 +154,18 @@ class GradientLearner(Learner):
         fast = {n: p for n, p in params.items() if keep(n)}
         return fast, {n: p for n, p in params.items() if n not in fast}
 
-    def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None) -> Params:
+    def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None,
+              each: Each | None = None) -> Params:
+        """The adapted parameters; ``each(k, state)`` sees the state after each step ``k``."""
         fast, frozen = self.split_params()
         first_order = self.first_order if first_order is None else first_order
 
         def loss_fn(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
             return self.inner_loss({**frozen, **p}, xb, yb)
 
+        seen = None if each is None else (lambda k, p: each(k, {**frozen, **p}))
         return {**frozen, **adapt(loss_fn, fast, x, y, self.steps, self.step_sizes(), first_order,
-                                  allow_unused=self.allow_unused)}
+                                  allow_unused=self.allow_unused, each=seen)}
 
     def predict(self, state: Params, x: Tensor) -> Tensor:
         return functional_call(self.model, state, (x,))
@@ -280,8 +283,9 @@ class ANIL(GradientLearner):
         super().__init__(head, lr, steps, first_order, loss, allow_unused=allow_unused)
         self.body = body
 
-    def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None) -> Params:
-        return super().adapt(self.body(x), y, first_order)
+    def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None,
+              each: Each | None = None) -> Params:
+        return super().adapt(self.body(x), y, first_order, each)
 
     def predict(self, state: Params, x: Tensor) -> Tensor:
         return functional_call(self.model, state, (self.body(x),))
@@ -354,7 +358,8 @@ class ProtoMAML(GradientLearner):
         return {n: p for n, p in enc.items()
                 if (choose(n) if callable(choose) else bool(choose))}
 
-    def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None) -> Params:
+    def adapt(self, x: Tensor, y: Tensor, first_order: bool | None = None,
+              each: Each | None = None) -> Params:
         z = self.model(x)
         protos = _prototypes(z, y, int(y.max()) + 1)
         enc = params_of(self.model)
@@ -368,15 +373,21 @@ class ProtoMAML(GradientLearner):
         else:
             inputs, loss_fn = x, lambda p, xb, yb: self.inner_loss({**frozen, **p}, xb, yb)  # noqa: E731
         if not first_order:
+            seen = None if each is None else (lambda k, p: each(k, {**frozen, **p}))
             return {**frozen, **adapt(loss_fn, fast, inputs, y, self.steps, self.lr,
-                                      allow_unused=self.allow_unused)}
+                                      allow_unused=self.allow_unused, each=seen)}
         # The head shares the support features' graph with the outer loss, so the inner
         # loop runs on detached copies and its displacement is added as a constant:
         # θ' = θ₀ + sg(θ'_J − θ₀). The meta-gradient still reaches the encoder through θ₀.
         detached = {n: p.detach().requires_grad_() for n, p in fast.items()}
+
+        def state(p: Params) -> Params:
+            return {**frozen, **{n: fast[n] + (p[n] - detached[n]).detach() for n in fast}}
+
         moved = adapt(loss_fn, detached, inputs.detach() if inputs is z else inputs, y,
-                      self.steps, self.lr, first_order=True, allow_unused=self.allow_unused)
-        return {**frozen, **{n: fast[n] + (moved[n] - detached[n]).detach() for n in fast}}
+                      self.steps, self.lr, first_order=True, allow_unused=self.allow_unused,
+                      each=None if each is None else (lambda k, p: each(k, state(p))))
+        return state(moved)
 
     def predict(self, state: Params, x: Tensor) -> Tensor:
         return self._logits(state, x)

@@ -22,7 +22,7 @@ from metabook.checkpoint import load_checkpoint, load_into
 from metabook.config import PretrainConfig, load_config
 from metabook.data import TEST_SEED, VAL_SEED, Data, episodes, prepare_data, to_ids
 from metabook.errors import CheckpointError, ConfigError, FolderInUseError, MetabookError
-from metabook.evaluation import Evaluation, Interval, accuracies, curve, evaluate
+from metabook.evaluation import Evaluation, Interval, accuracies, accuracies_along, curve, evaluate
 from metabook.learners import Learner
 from metabook.recipes import build_learner, build_sampler
 from metabook.rundir import FolderLock, RunDir
@@ -209,7 +209,7 @@ def curve_over_shots(run: Run, shots: Sequence[int], n_episodes: int | None = No
     def measure(k: int) -> list[float]:
         tasks = to_ids(run.test_episodes(n_episodes, k_shot=k), run.data.ids["test"],
                        run.data.vocab.pad_id)
-        return evaluate(run.learner, tasks).after
+        return accuracies(run.learner, tasks)  # after adaptation (evaluate would add "before")
     return curve(measure, shots)
 
 
@@ -217,4 +217,5 @@ def curve_over_steps(run: Run, steps: Sequence[int], n_episodes: int | None = No
                      ) -> list[tuple[int, Interval]]:
     """Accuracy against the number of inner steps, on the same test episodes for every point."""
     tasks = to_ids(run.test_episodes(n_episodes), run.data.ids["test"], run.data.vocab.pad_id)
-    return curve(lambda s: accuracies(run.learner, tasks, steps=s), steps)
+    along = accuracies_along(run.learner, tasks, steps)
+    return curve(along.__getitem__, steps)

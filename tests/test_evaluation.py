@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import pytest
 import torch
@@ -10,9 +11,9 @@ from torch import nn
 
 from metabook import evaluation
 from metabook.errors import ConfigError
-from metabook.evaluation import (Z95, Interval, adaptation, curve, draw_episodes, evaluate,
-                                 mean_ci, select_adaptation)
-from metabook.learners import MAML, MetaSGD, ProtoMAML, ProtoNet
+from metabook.evaluation import (Z95, Interval, accuracies, accuracies_along, adaptation, curve,
+                                 draw_episodes, evaluate, mean_ci, select_adaptation)
+from metabook.learners import ANIL, MAML, Learner, MetaSGD, ProtoMAML, ProtoNet, Reptile
 from metabook.tasks import EpisodeSource
 
 
@@ -160,3 +161,40 @@ def test_select_adaptation_picks_the_best_setting_on_the_given_episodes():
     assert set(meta_sgd.scores) == {(0, None), (1, None)}, "Meta-SGD's step sizes are learned"
     with pytest.raises(ConfigError, match="at least one"):
         select_adaptation(learner, episodes, steps=[], lrs=[0.1])
+
+
+def _learners() -> dict[str, Learner]:
+    from metabook.implicit import IMAML
+
+    torch.manual_seed(0)
+    mlp = lambda: nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))  # noqa: E731
+    return {"MAML": MAML(mlp(), lr=0.3, steps=2),
+            "MetaSGD": MetaSGD(mlp(), lr=0.3, steps=2),
+            "ANIL": ANIL(nn.Sequential(nn.Linear(8, 16), nn.Tanh()), nn.Linear(16, 4), lr=0.3),
+            "Reptile": Reptile(mlp(), lr=0.3),
+            "ProtoMAML": ProtoMAML(nn.Linear(8, 16), lr=0.3, first_order=False),
+            "ProtoMAML, first order": ProtoMAML(nn.Linear(8, 16), lr=0.3, first_order=True),
+            "ProtoMAML, head only": ProtoMAML(nn.Linear(8, 16), lr=0.3, adapt_encoder=False),
+            "IMAML (adapted once per step count)": IMAML(mlp(), lr=0.3, steps=2)}
+
+
+@pytest.mark.parametrize("name", list(_learners()))
+def test_accuracies_along_one_adaptation_are_the_accuracies_of_each(name):
+    learner = _learners()[name]
+    episodes = draw_episodes(_source(noise=2.0, k=2), 12, seed=0)
+    steps, lr = [0, 1, 3, 6], None if isinstance(learner, MetaSGD) else 0.7
+    along = accuracies_along(learner, episodes, steps, lr)
+    alone = {n: accuracies(learner, episodes, n, lr) for n in steps}
+    assert along == alone  # exactly: the same states, read off one trajectory
+    assert evaluation._adapts_along(learner) == (not name.startswith("IMAML"))
+    assert len({tuple(v) for v in alone.values()}) > 1  # the step counts do differ
+    assert learner.steps == _learners()[name].steps and learner.training
+
+
+def test_select_adaptation_scores_are_those_of_separate_runs():
+    learner = _learners()["ProtoMAML, first order"]
+    episodes = draw_episodes(_source(noise=2.0, k=2), 12, seed=1)
+    choice = select_adaptation(learner, episodes, [0, 1, 4], [0.1, 1.0])
+    assert list(choice.scores) == [(0, 0.1), (1, 0.1), (1, 1.0), (4, 0.1), (4, 1.0)]
+    assert choice.scores == {(n, lr): statistics.fmean(accuracies(learner, episodes, n, lr))
+                             for n, lr in choice.scores}
