@@ -252,6 +252,14 @@ def test_text_file_reads_txt_csv_tsv_and_jsonl(tmp_path):
     ds = corpora.load("text_file", path=tmp_path / "c.tsv", text_column="sentence",
                       label_column="class")
     assert ds["text"] == ["hola"] and ds["label"] == ["1"]
+    # The file's other plain columns come along, as text, for a config to name.
+    (tmp_path / "e.csv").write_text("text,label,speaker\nhi,x,ann\nyo,y,bob\n", encoding="utf-8")
+    ds = corpora.load("text_file", path=tmp_path / "e.csv")
+    assert ds.column_names == ["text", "label", "speaker"] and ds["speaker"] == ["ann", "bob"]
+    (tmp_path / "f.jsonl").write_text('{"sentence": "a b", "n": 3, "meta": {"x": 1}}\n'
+                                      '{"sentence": "c", "n": 4.5, "meta": {}}\n', encoding="utf-8")
+    ds = corpora.load("text_file", path=tmp_path / "f.jsonl", text_column="sentence")
+    assert ds.column_names == ["text", "n"] and ds["n"] == ["3", "4.5"]  # "meta" is not plain
     (tmp_path / "d.jsonl").write_text('{"text": "a b", "label": 3}\n\n{"text": "c"', encoding="utf-8")
     with pytest.raises(CorpusError, match=r"line 3 of .*d\.jsonl is not valid JSON.*truncated"):
         corpora.load("text_file", path=tmp_path / "d.jsonl")

@@ -19,6 +19,7 @@ from metabook.runs import curve_over_shots, curve_over_steps, evaluate_run, load
 from metabook.models import BACKBONES, Backbone, TextEncoder
 from metabook.tasks import trim
 from metabook.tokenization import SubwordTokenizer, train_tokenizer
+from tests.helpers import CLASSES, TINY_RUN, corpus_text
 
 TINY = PretrainConfig(dim=16, layers=1, heads=2, meta_batch=2, steps=4, eval_every=2,
                       checkpoint_every=2, val_episodes=3, test_episodes=6, max_len=24)
@@ -252,3 +253,20 @@ def test_a_backbone_that_brings_its_own_tokenizer_is_one_registration(tmp_path):
         assert run.data.vocab.itos == data.vocab.itos and evaluate_run(run, 3).after_ci.n == 3
     finally:
         BACKBONES.remove("test-subword")
+
+
+def test_a_csv_column_is_a_label_by_naming_it_in_the_config_alone(tmp_path):
+    """label_column: speaker is enough; the file's columns need not be named to the reader too."""
+    rows = corpus_text().splitlines()
+    path = tmp_path / "talks.csv"
+    path.write_text("\n".join(["text,topic,speaker"] + [f"{r},spk-{r.rsplit(',', 1)[1]}"
+                                                        for r in rows[1:]]) + "\n",
+                    encoding="utf-8")
+    config = PretrainConfig.from_dict({**TINY_RUN, "corpus_options": {"path": str(path)},
+                                       "label_column": "speaker"})
+    data = prepare_data(config)
+    assert sorted(c for split in data.classes.values() for c in split) == \
+        [f"spk-topic{c}" for c in range(CLASSES)]
+    with pytest.raises(ConfigError, match=r"has no column 'room' for label_column; its columns "
+                                          r"are \['text', 'topic', 'speaker'\]"):
+        prepare_data(config.replace(label_column="room"))

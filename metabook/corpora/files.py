@@ -122,6 +122,11 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
 
 def read_text_file(path: PathLike, format: str | None = None, text_column: str = "text",
                     label_column: str | None = None, encoding: str = "utf-8") -> datasets.Dataset:
+    """The texts of your own file as a dataset: column ``text`` (from ``text_column``), ``label``
+    (from ``label_column``, if given), and every other column of a .csv, .tsv or .jsonl file
+    whose values are plain (text or numbers), as text, so that a run config can name any of
+    them (``label_column: speaker``).
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise CorpusError(f"text_file: path must be a file name, got {type(path).__name__} "
                           f"{path!r}")
@@ -185,4 +190,8 @@ def read_text_file(path: PathLike, format: str | None = None, text_column: str =
     out = {"text": [r[text_column].strip() for r in kept]}
     if label_column:
         out["label"] = [str(r[label_column]) for r in kept]
+    for column in kept[0]:
+        if (column not in out and column not in (text_column, label_column)
+                and all(isinstance(r.get(column), (str, int, float)) for r in kept)):
+            out[column] = [str(r[column]) for r in kept]
     return datasets.Dataset.from_dict(out)

@@ -478,7 +478,7 @@ register(
     Corpus(
         name="text_file",
         description="your own text: a .txt file (one sentence a line), or a .csv, .tsv or .jsonl "
-                    "file with a text column and, optionally, a label column",
+                    "file with a text column and any others (a label, a speaker, ...)",
         source="a local file you pass as path=",
         license="yours: check the terms of the text you use",
         languages=("any",),
