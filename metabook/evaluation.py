@@ -194,14 +194,19 @@ def accuracies(learner: Learner, episodes: Sequence[Task], steps: int | None = N
                lr: float | None = None, progress: bool = False, desc: str = "episodes"
                ) -> list[float]:
     """Query accuracy of ``learner`` on each episode after adapting to its support set."""
+    with _evaluating(learner) as device, adaptation(learner, steps, lr):
+        return [learner.evaluate(t.to(device))["accuracy"]
+                for t in tqdm(episodes, desc=desc, disable=not progress, leave=False)]
+
+
+@contextmanager
+def _evaluating(learner: Learner) -> Iterator[torch.device]:
+    """``learner`` in eval mode (its mode is restored afterwards); yields its device."""
     was_training = learner.training
     first = next(learner.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
     learner.eval()
     try:
-        with adaptation(learner, steps, lr):
-            return [learner.evaluate(t.to(device))["accuracy"]
-                    for t in tqdm(episodes, desc=desc, disable=not progress, leave=False)]
+        yield first.device if first is not None else torch.device("cpu")
     finally:
         learner.train(was_training)
 
@@ -227,36 +232,28 @@ def accuracies_along(learner: Learner, episodes: Sequence[Task], steps: Sequence
     steps = list(dict.fromkeys(steps))
     if not steps or not _adapts_along(learner):
         return {n: accuracies(learner, episodes, n, lr, progress) for n in steps}
-    was_training = learner.training
-    first = next(learner.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    wanted = set(steps)
     out: dict[int, list[float]] = {n: [] for n in steps}
-    learner.eval()
-    try:
-        with adaptation(learner, max(steps), lr):
-            for task in tqdm(episodes, desc="episodes", disable=not progress, leave=False):
-                task = task.to(device)
-                if task.query_y.is_floating_point():
-                    raise ConfigError("accuracy needs class labels; these episodes are a "
-                                      "regression (float query_y): measure their loss instead")
-                states: dict[int, Params] = {}
+    states: dict[int, Params] = {}
 
-                def keep(k: int, state: Params) -> None:
-                    if k in wanted:
-                        states[k] = {n: p.detach() for n, p in state.items()}
+    def keep(k: int, state: Params) -> None:
+        if k in out:
+            states[k] = {n: p.detach() for n, p in state.items()}
 
-                # As GradientLearner's evaluate: a first-order adaptation, predictions without
-                # a graph.
-                with torch.enable_grad():
-                    learner.adapt(task.support_x, task.support_y, first_order=True, each=keep)
-                with torch.no_grad():
-                    for n in steps:
-                        out[n].append(accuracy(learner.predict(states[n], task.query_x),
-                                               task.query_y))
-        return out
-    finally:
-        learner.train(was_training)
+    with _evaluating(learner) as device, adaptation(learner, max(steps), lr):
+        for task in tqdm(episodes, desc="episodes", disable=not progress, leave=False):
+            task = task.to(device)
+            if task.query_y.is_floating_point():
+                raise ConfigError("accuracy needs class labels; these episodes are a "
+                                  "regression (float query_y): measure their loss instead")
+            # As GradientLearner's evaluate: a first-order adaptation, predictions without
+            # a graph.
+            with torch.enable_grad():
+                learner.adapt(task.support_x, task.support_y, first_order=True, each=keep)
+            with torch.no_grad():
+                for n in steps:
+                    out[n].append(accuracy(learner.predict(states[n], task.query_x),
+                                           task.query_y))
+    return out
 
 
 def _adapts_along(learner: Learner) -> bool:
