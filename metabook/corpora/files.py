@@ -120,12 +120,27 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
     return text.lstrip("\ufeff").splitlines()
 
 
+def _json_records(path: Path, text: str, columns: list[str]) -> list[dict]:
+    """The objects of a .json file that holds one array of them."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CorpusError(f"text_file: {path} is not valid JSON (line {err.lineno}: {err.msg})"
+                          ) from None
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or any(c not in row for c in columns):
+            raise CorpusError(f"text_file: item {number} of the array in {path} is not an "
+                              f"object with the key(s) {columns}; pass text_column= and "
+                              f"label_column= naming its keys")
+    return rows
+
+
 def read_text_file(path: PathLike, format: str | None = None, text_column: str = "text",
                     label_column: str | None = None, encoding: str = "utf-8") -> datasets.Dataset:
     """The texts of your own file as a dataset: column ``text`` (from ``text_column``), ``label``
     (from ``label_column``, if given), and every other column of a .csv, .tsv or .jsonl file
     whose values are plain (text or numbers), as text, so that a run config can name any of
-    them (``label_column: speaker``).
+    them (``label_column: speaker``). A .json file holds JSON lines or one array of objects.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise CorpusError(f"text_file: path must be a file name, got {type(path).__name__} "
@@ -139,7 +154,8 @@ def read_text_file(path: PathLike, format: str | None = None, text_column: str =
     if fmt not in ("txt", "csv", "tsv", "jsonl"):
         raise CorpusError(f"text_file: cannot tell the format of {path.name}; name it .txt "
                           f"(one sentence a line), .csv, .tsv or .jsonl, or pass "
-                          f"format='txt'|'csv'|'tsv'|'jsonl'")
+                          f"format='txt'|'csv'|'tsv'|'jsonl' (a .parquet or .arrow file is "
+                          f"read by the corpus 'huggingface')")
     lines = _read_lines(path, encoding)
     columns = [text_column] + ([label_column] if label_column else [])
     if fmt == "txt":
@@ -166,6 +182,8 @@ def read_text_file(path: PathLike, format: str | None = None, text_column: str =
             raise CorpusError(f"text_file: line {bad} of {path} has another number of fields "
                               f"than the header; the file may be truncated or use another "
                               f"delimiter")
+    elif path.suffix.lower() == ".json" and "\n".join(lines).lstrip().startswith("["):
+        rows = _json_records(path, "\n".join(lines), columns)
     else:
         rows = []
         for number, line in enumerate(lines, 1):

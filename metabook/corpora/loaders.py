@@ -17,6 +17,7 @@ from metabook import synthetic
 from metabook.corpora.benchmarks import load_clinc150, load_fewrel, load_sib200
 from metabook.corpora.files import (PathLike, main_speaker, package_dir, read_csv, read_json,
                                     read_text_file)
+from metabook.corpora.hub import load_hf_dataset
 from metabook.corpora.registry import Corpus, register
 from metabook.errors import CorpusError
 
@@ -485,5 +486,19 @@ register(
         domains=("any",),
         size="as the file",
         loader=read_text_file,
+    )
+)
+register(
+    Corpus(
+        name="huggingface",
+        description="any Hugging Face dataset: a hub name when online, or a local copy: a "
+                    "save_to_disk folder, a folder of data files, or a .parquet, .arrow, .csv, "
+                    ".tsv, .json(l) file (path=, split=, text_column=)",
+        source="the Hugging Face Hub, or a local copy you pass as path=",
+        license="the dataset's own: see its card on the hub",
+        languages=("any",),
+        domains=("any",),
+        size="as the dataset",
+        loader=load_hf_dataset,
     )
 )
