@@ -261,7 +261,11 @@ def verdict(rows: Sequence[Row]) -> str:
     meta = next(r for r in rows if r.key == "meta")
     parts = []
     for r in rows:
-        if r is not meta:
+        if r is meta:
+            continue
+        if list(r.score) == list(meta.score):  # an interval of +0.0 to +0.0 says less
+            parts.append(f"the same as {r.method} on every episode")
+        else:
             diff = paired_difference(meta.score, r.score)
             parts.append(f"{diff.relation()} {r.method} ({diff.points()})")
     return (f"On {mean_ci(meta.score).n} shared test episodes, meta-pretraining is "

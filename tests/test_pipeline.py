@@ -205,6 +205,8 @@ def test_verdict_and_table():
     assert text.startswith("On 4 shared test episodes, meta-pretraining is better than WORSE "
                            "(+20.0 points")
     assert "not distinguishable from SAME" in text and "worse than BETTER (-25.0 points" in text
+    twin = _row("twin", meta.after)
+    assert verdict([meta, twin]).endswith("meta-pretraining is the same as TWIN on every episode.")
     table = markdown_table(rows).splitlines()
     assert table[0].startswith("| method | parameters | before adaptation | after adaptation |")
     assert table[2] == "| WORSE | 10 | 50.0 ± 8.0 | 50.0 ± 8.0 | — | +20.0 ± 0.0 |"
