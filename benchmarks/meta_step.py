@@ -8,6 +8,9 @@ the meta-gradient (mean over tasks of the query cross-entropy) in ``.grad``.
 
 Implementations, each run the way its documentation shows:
 
+- ``metabook compiled``: ``MAML(model, compiled=True).meta_batch_loss(tasks).backward()``:
+  each task's meta-gradient as one program compiled by ``torch.compile``
+  (:mod:`metabook.compiled`), one task at a time;
 - ``metabook batched``: ``MAML(model, batched=True).meta_batch_loss(tasks).backward()``,
   whose chunk size (the tasks adapted at once, see :mod:`metabook.batching`) comes from
   :func:`metabook.batching.auto_chunk_size`'s rule;
@@ -24,16 +27,19 @@ Implementations, each run the way its documentation shows:
 **Fairness.** All read the same weights and tasks from one file. Each runs in its
 own process with 2 threads; the parent asks them for one step in turn, round after
 round, so that a slow spell on the machine hits all of them alike. Time: median
-over the measured rounds, after warm-up rounds. Memory, two columns: ``peak MB``
-is the rise of the process's peak resident set (``VmHWM``, reset through
-``/proc/self/clear_refs``) over its resident set after imports and set-up, over all
-rounds, warm-up included; ``step MB`` is the rise over the measured rounds alone,
-over the resident set after the warm-up with the allocator's free pages handed
-back (``malloc_trim``). The first steps also import what the step needs on first
-use (``vmap`` pulls in sympy and torch's decompositions, some 35 MB), which
-``peak MB`` counts and ``step MB`` does not; ``RSS MB`` is the absolute peak,
-imports included. The peers call ``backward()`` once per task and so hold one
-task's graph at a time; metabook holds one chunk's. Linux only: it reads ``/proc/self``.
+over the measured rounds, after warm-up rounds. Each worker first takes one step on
+its own, which pays what is paid once: compiling (``metabook compiled``, a minute or
+more), or importing what the step needs on first use (``vmap`` pulls in sympy and
+torch's decompositions, some 35 MB); its time and the rise of the peak resident set
+it caused are the columns ``first s`` and ``first MB``. Memory of the steps after
+it, two columns: ``peak MB`` is the rise of the process's peak resident set
+(``VmHWM``, reset through ``/proc/self/clear_refs``) over its resident set after
+the first step, over all rounds, warm-up included; ``step MB`` is the rise over the
+measured rounds alone, over the resident set after the warm-up with the allocator's
+free pages handed back (``malloc_trim``); ``RSS MB`` is the absolute peak, the first
+step included. The peers call ``backward()`` once per task and so hold one task's
+graph at a time; metabook batched holds one chunk's, metabook compiled one task's.
+Linux only: it reads ``/proc/self``.
 
 **Correctness.** Every implementation's meta-gradient is compared with the
 autograd loop's (itself checked against finite differences in the unit tests), once
@@ -41,11 +47,11 @@ from the float32 run and once from one more step in float64. One that differs
 anywhere by more than 1e-6 in float32, or 1e-9 in float64 (where rounding leaves
 about 1e-16), is reported as WRONG and is not a candidate for the fastest peer.
 
-The last line is ``speedup_vs_fastest_peer=<x> peak_mem_ratio=<y> grad_maxdiff=<z>
-step_mem_ratio=<w>``: the fastest correct peer's median time over metabook batched's,
-metabook batched's ``peak MB`` over that peer's, the largest absolute difference
-between metabook batched's float32 meta-gradient and the reference's, and the ratio
-of ``step MB``.
+The last two lines are ``metabook=<row> speedup_vs_fastest_peer=<x> peak_mem_ratio=<y>
+grad_maxdiff=<z> step_mem_ratio=<w>``, first for metabook batched, last for metabook
+compiled: the fastest correct peer's median time over that row's, the row's ``peak
+MB`` over the peer's, the largest absolute difference between the row's float32
+meta-gradient and the reference's, and the ratio of ``step MB``.
 
 **MiniLM.** A second table times one meta-step of Chapter 5's pretrained-encoder
 learner (``examples/minilm.yaml``: first-order ProtoMAML on all-MiniLM-L6-v2 with
@@ -94,7 +100,7 @@ META_BATCH, N_WAY, K_SHOT, N_QUERY, STEPS, LR, IN_DIM = 8, 5, 5, 15, 5, 0.1, 64
 THREADS = 2
 # Correct implementations differ by rounding only: about 1e-8 in float32 and 1e-16 in float64 here.
 TOLERANCE = {"float32": 1e-6, "float64": 1e-9}
-REFERENCE, METABOOK = "autograd loop", "metabook batched"
+REFERENCE, METABOOK, COMPILED = "autograd loop", "metabook batched", "metabook compiled"
 
 Tasks = list[tuple[Tensor, Tensor, Tensor, Tensor]]  # support x, support y, query x, query y
 Step = Callable[[], None]
@@ -129,13 +135,14 @@ def build_model(state: dict[str, Tensor], dtype: torch.dtype) -> nn.Module:
 
 # ---- one meta-step per implementation: each fills model.parameters()' .grad ----
 
-def metabook_step(model: nn.Module, tasks: Tasks, batched: bool,
-                  chunk_size: int | None = None) -> Step:
+def metabook_step(model: nn.Module, tasks: Tasks, batched: bool = False,
+                  chunk_size: int | None = None, compiled: bool = False) -> Step:
     """metabook's API: the meta-batch's loss, then one ``backward()`` for all tasks."""
     from metabook.learners import MAML
     from metabook.tasks import Task
 
-    learner = MAML(model, lr=LR, steps=STEPS, batched=batched, chunk_size=chunk_size)
+    learner = MAML(model, lr=LR, steps=STEPS, batched=batched, chunk_size=chunk_size,
+                   compiled=compiled)
     episodes = [Task(*t) for t in tasks]
 
     def step() -> None:
@@ -214,6 +221,7 @@ def torch_func_vmap_step(model: nn.Module, tasks: Tasks) -> Step:
 
 IMPLEMENTATIONS: dict[str, tuple[str | None, Callable[[nn.Module, Tasks], Step]]] = {
     # name: (module it needs, builder)
+    COMPILED: ("metabook", lambda m, t: metabook_step(m, t, compiled=True)),
     METABOOK: ("metabook", lambda m, t: metabook_step(m, t, batched=True)),
     "metabook loop": ("metabook", lambda m, t: metabook_step(m, t, batched=False)),
     "learn2learn": ("learn2learn", learn2learn_step),
@@ -227,7 +235,7 @@ PARETO = (1, 2, 4, META_BATCH)
 for _c in CHUNKS:
     IMPLEMENTATIONS[f"metabook chunk {_c}"] = (
         "metabook", lambda m, t, c=_c: metabook_step(m, t, batched=True, chunk_size=c))
-NOT_PEERS = {METABOOK, "metabook loop", *(f"metabook chunk {c}" for c in CHUNKS)}
+NOT_PEERS = {METABOOK, COMPILED, "metabook loop", *(f"metabook chunk {c}" for c in CHUNKS)}
 
 
 # ---- the worker: one implementation in its own process ----
@@ -262,8 +270,17 @@ def _reset_peak() -> bool:
 
 
 def _serve(step: Step) -> dict[str, Any]:
-    """Answer ``step`` and ``settle`` commands on stdin until another; return the memory used."""
+    """Take a first step, answer ``step`` and ``settle`` commands on stdin until another; return
+    the memory used and the first step's cost."""
     gc.collect()
+    before = _status_mb("VmRSS:")
+    _reset_peak()
+    start = time.perf_counter()
+    step()  # compiles, or imports what the step needs on first use: a cost paid once
+    first = {"first_step_s": time.perf_counter() - start,
+             "first_step_mb": _status_mb("VmHWM:") - before}
+    gc.collect()
+    _release_free_memory()
     baseline = _status_mb("VmRSS:")
     exact = _reset_peak()
     warm_peak, settled = None, baseline
@@ -285,7 +302,8 @@ def _serve(step: Step) -> dict[str, Any]:
             break
     peak = _status_mb("VmHWM:")
     top = max(peak, warm_peak or peak)
-    return {"peak_mb": top - baseline, "step_mb": peak - settled, "rss_mb": top, "exact_peak": exact}
+    return {"peak_mb": top - baseline, "step_mb": peak - settled, "rss_mb": top, "exact_peak": exact,
+            **first}
 
 
 def worker(name: str, problem: Path, grads_out: Path) -> None:
@@ -417,8 +435,8 @@ def timing_row(times: list[float]) -> dict[str, Any]:
             "max_ms": max(ms), "times_ms": [round(t, 3) for t in ms]}
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last line's figures: metabook batched against the fastest peer with a correct gradient.
+def summarize(rows: list[dict[str, Any]], ours: str = METABOOK) -> dict[str, Any]:
+    """A last line's figures: row ``ours`` against the fastest peer with a correct gradient.
 
     >>> rows = [{"implementation": METABOOK, "peer": False, "median_ms": 100.0, "peak_mb": 40.0,
     ...          "step_mb": 20.0, "grad_diff_float32": 1e-9, "meta_gradient": "same as reference"},
@@ -427,13 +445,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ...         {"implementation": "slow", "peer": True, "median_ms": 150.0, "peak_mb": 32.0,
     ...          "step_mb": 16.0, "meta_gradient": "same as reference"}]
     >>> summarize(rows)
-    {'fastest_peer': 'slow', 'speedup_vs_fastest_peer': 1.5, 'peak_mem_ratio': 1.25, 'grad_maxdiff': 1e-09, 'step_mem_ratio': 1.25}
+    {'metabook': 'metabook batched', 'fastest_peer': 'slow', 'speedup_vs_fastest_peer': 1.5, 'peak_mem_ratio': 1.25, 'grad_maxdiff': 1e-09, 'step_mem_ratio': 1.25}
     """
-    by_name = {r["implementation"]: r for r in rows}
-    ours = by_name[METABOOK]
+    name = ours
+    ours = {r["implementation"]: r for r in rows}[name]
     peer = min((r for r in rows if r["peer"] and r["meta_gradient"] != "WRONG"),
                key=lambda r: r["median_ms"])
-    return {"fastest_peer": peer["implementation"],
+    return {"metabook": name, "fastest_peer": peer["implementation"],
             "speedup_vs_fastest_peer": peer["median_ms"] / ours["median_ms"],
             "peak_mem_ratio": ours["peak_mb"] / peer["peak_mb"],
             "grad_maxdiff": ours["grad_diff_float32"],
@@ -487,27 +505,33 @@ def run(rounds: int, warmup: int, names: list[str], json_path: Path | None = Non
     for n in names:
         rows.append({"implementation": n, "peer": n not in NOT_PEERS, **timing_row(times[n]),
                      "peak_mb": memory[n]["peak_mb"], "step_mb": memory[n]["step_mb"],
-                     "rss_mb": memory[n]["rss_mb"], "grad_diff_float32": diff["float32"][n],
+                     "rss_mb": memory[n]["rss_mb"], "first_step_s": memory[n]["first_step_s"],
+                     "first_step_mb": memory[n]["first_step_mb"],
+                     "grad_diff_float32": diff["float32"][n],
                      "grad_diff_float64": diff["float64"][n],
                      "meta_gradient": "reference" if n == REFERENCE else
                                       "same as reference" if correct[n] else "WRONG"})
     rows.sort(key=lambda r: r["median_ms"])
 
     print(f"\n{'implementation':<18}{'median ms':>10}{'min ms':>8}{'peak MB':>9}{'step MB':>9}"
-          f"{'RSS MB':>8}{'|Δgrad| f32':>13}{'|Δgrad| f64':>13}  meta-gradient")
+          f"{'RSS MB':>8}{'first s':>9}{'first MB':>9}{'|Δgrad| f32':>13}{'|Δgrad| f64':>13}"
+          f"  meta-gradient")
     for r in rows:
         print(f"{r['implementation']:<18}{r['median_ms']:>10.1f}{r['min_ms']:>8.1f}"
               f"{r['peak_mb']:>9.1f}{r['step_mb']:>9.1f}{r['rss_mb']:>8.0f}"
+              f"{r['first_step_s']:>9.1f}{r['first_step_mb']:>9.1f}"
               f"{r['grad_diff_float32']:>13.1e}{r['grad_diff_float64']:>13.1e}  {r['meta_gradient']}")
     for n in missing:
         print(f"{n:<18}  not installed (bash benchmarks/install_peers.sh adds the peers to .venv)")
     print(f"|Δgrad|: largest absolute difference from the {REFERENCE}'s meta-gradient; WRONG above "
           f"{TOLERANCE['float32']:.0e} in float32 or {TOLERANCE['float64']:.0e} in float64")
-    print("peak MB: rise of the resident set over all rounds, first steps included (they import "
-          "what the step needs); step MB: rise over the measured rounds alone, after the warm-up")
+    print("first s, first MB: each worker's first step, taken alone (compiling, imports on first "
+          "use); peak MB: rise of the resident set over all rounds after it; step MB: rise over "
+          "the measured rounds alone, after the warm-up")
     if not all(m["exact_peak"] for m in memory.values()):
         print("note: /proc/self/clear_refs is not writable, so peak MB includes set-up peaks")
-    summary = summarize(rows)
+    summaries = [summarize(rows, n) for n in (METABOOK, COMPILED) if n in names]
+    summary = summaries[-1]
     trade_off = chunk_trade_off(rows, summary["fastest_peer"])
     if trade_off:
         from metabook.adaptation import params_of
@@ -539,6 +563,7 @@ def run(rounds: int, warmup: int, names: list[str], json_path: Path | None = Non
         record["results"] = rows
         record["not_installed"] = missing
         record["summary"] = summary
+        record["summaries"] = summaries
         record["chunk_trade_off"] = trade_off
         if minilm is not None:
             record["minilm"] = minilm
@@ -546,10 +571,12 @@ def run(rounds: int, warmup: int, names: list[str], json_path: Path | None = Non
     print(f"fastest correct peer: {summary['fastest_peer']}")
     if json_path is not None:
         print(f"written to {json_path}")
-    print(f"speedup_vs_fastest_peer={summary['speedup_vs_fastest_peer']:.2f} "
-          f"peak_mem_ratio={summary['peak_mem_ratio']:.2f} "
-          f"grad_maxdiff={summary['grad_maxdiff']:.1e} "
-          f"step_mem_ratio={summary['step_mem_ratio']:.2f}")
+    for line in summaries:
+        print(f"metabook={line['metabook'].split()[-1]} "
+              f"speedup_vs_fastest_peer={line['speedup_vs_fastest_peer']:.2f} "
+              f"peak_mem_ratio={line['peak_mem_ratio']:.2f} "
+              f"grad_maxdiff={line['grad_maxdiff']:.1e} "
+              f"step_mem_ratio={line['step_mem_ratio']:.2f}")
 
 
 # ---- the pretrained encoder of Chapter 5 ----
@@ -660,7 +687,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="warm-up rounds (default 3)")
     parser.add_argument("--only", nargs="+", choices=list(IMPLEMENTATIONS),
                         default=[n for n in IMPLEMENTATIONS if not n.startswith("metabook chunk")],
-                        help=f"implementations to run ({METABOOK!r} and {REFERENCE!r} always run)")
+                        help=f"implementations to run ({METABOOK!r}, {COMPILED!r} and {REFERENCE!r} "
+                             f"always run)")
     parser.add_argument("--chunks", nargs="*", type=int, choices=CHUNKS, default=list(PARETO),
                         metavar="C", help=f"also run metabook with these fixed chunk sizes, for "
                                           f"the trade-off of speed and memory (default "
@@ -676,7 +704,8 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.problem, args.grads)
     else:
-        wanted = {*args.only, METABOOK, REFERENCE, *(f"metabook chunk {c}" for c in args.chunks)}
+        wanted = {*args.only, METABOOK, COMPILED, REFERENCE,
+                  *(f"metabook chunk {c}" for c in args.chunks)}
         names = [n for n in IMPLEMENTATIONS if n in wanted]
         run(args.rounds, args.warmup, names, args.json, args.minilm_rounds)
 

@@ -264,6 +264,7 @@ def test_meta_step_problem_is_the_documented_setup(meta_step):
     # every chunk size the trade-off table can ask for is an implementation the worker knows
     assert all(f"metabook chunk {c}" in meta_step.IMPLEMENTATIONS for c in meta_step.PARETO)
     assert {f"metabook chunk {c}" for c in meta_step.CHUNKS} <= meta_step.NOT_PEERS
+    assert {meta_step.METABOOK, meta_step.COMPILED} <= meta_step.NOT_PEERS
 
 
 def test_meta_step_metabook_steps_give_the_reference_meta_gradient(meta_step):
@@ -286,6 +287,8 @@ def test_meta_step_summary_compares_with_the_fastest_correct_peer(meta_step):
              "peak_mb": 36.0, "step_mb": 18.0},
             {**row, "implementation": "metabook chunk 8", "peer": False, "median_ms": 40.0,
              "peak_mb": 200.0, "step_mb": 150.0},
+            {**row, "implementation": "metabook compiled", "peer": False, "median_ms": 40.0,
+             "peak_mb": 12.0, "step_mb": 6.0, "grad_diff_float32": 3e-9},
             {**row, "implementation": "wrong", "peer": True, "median_ms": 30.0, "peak_mb": 5.0,
              "step_mb": 5.0, "meta_gradient": "WRONG"},
             {**row, "implementation": "slower", "peer": True, "median_ms": 160.0, "peak_mb": 30.0,
@@ -293,8 +296,11 @@ def test_meta_step_summary_compares_with_the_fastest_correct_peer(meta_step):
             {**row, "implementation": "fast", "peer": True, "median_ms": 120.0, "peak_mb": 24.0,
              "step_mb": 12.0}]
     assert meta_step.summarize(rows) == {
-        "fastest_peer": "fast", "speedup_vs_fastest_peer": 1.5, "peak_mem_ratio": 1.5,
-        "grad_maxdiff": 2e-9, "step_mem_ratio": 1.5}
+        "metabook": "metabook batched", "fastest_peer": "fast", "speedup_vs_fastest_peer": 1.5,
+        "peak_mem_ratio": 1.5, "grad_maxdiff": 2e-9, "step_mem_ratio": 1.5}
+    assert meta_step.summarize(rows, "metabook compiled") == {
+        "metabook": "metabook compiled", "fastest_peer": "fast", "speedup_vs_fastest_peer": 3.0,
+        "peak_mem_ratio": 0.5, "grad_maxdiff": 3e-9, "step_mem_ratio": 0.5}
 
 
 def test_meta_step_timing_row_is_in_milliseconds(meta_step):
