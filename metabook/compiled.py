@@ -120,7 +120,7 @@ def compiled_meta_loss(meta_grad: MetaGradient, params: Params, frozen: Params, 
     """
     from metabook.batching import _KnownGradient
 
-    by_name = {**{n: t for n, t in params.items()}, **{n: t for n, t in frozen.items()}}
+    by_name = {**params, **frozen}
     if isinstance(lr, dict):
         by_name.update({f"lr.{n}": t for n, t in lr.items()})
     elif isinstance(lr, Tensor):
