@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,13 +328,45 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
     return value
 
 
+# The corpus options that name data files, in the keys that hold corpus options.
+_PATH_OPTIONS = ("path", "data_files")
+_CORPUS_OPTIONS = ("corpus_options", "val_corpus_options", "test_corpus_options")
+
+
+def _absolute_paths(values: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``values`` with each relative ``path`` or ``data_files`` of its corpus options absolute.
+
+    A name is looked up in ``folder`` (the config file's), then in the current
+    directory, and made absolute where a file or folder of that name exists
+    there, so that a run finds its data from any directory. Anything else (a hub
+    name such as ``banking77``, a builder such as ``parquet``) stays as written.
+    """
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: absolute(v) for k, v in value.items()}
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            return value
+        found = [base / value for base in (folder, Path.cwd()) if (base / value).exists()]
+        return os.path.abspath(found[0]) if found else value
+
+    out = dict(values)
+    for key in _CORPUS_OPTIONS:
+        if isinstance(values.get(key), Mapping):
+            out[key] = {k: absolute(v) if k in _PATH_OPTIONS else v
+                        for k, v in values[key].items()}
+    return out
+
+
 def load_config(path: str | Path | None = None, scale: str | None = None,
                 **overrides: Any) -> PretrainConfig:
     """The config in ``path`` (JSON or YAML) over the defaults, then ``overrides``.
 
     The defaults are those of ``scale``, else of the file's ``scale`` key, else
     of ``METABOOK_SCALE``; a ``scale`` given here also wins over the file's.
-    Without ``path`` only the defaults and ``overrides`` count.
+    Without ``path`` only the defaults and ``overrides`` count. The file's
+    relative data paths become absolute (see :func:`_absolute_paths`).
     """
     values: dict[str, Any] = {}
     source = "config"
@@ -361,7 +394,7 @@ def load_config(path: str | Path | None = None, scale: str | None = None,
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values, "
                               f"not a {type(loaded).__name__}")
-        values = loaded
+        values = _absolute_paths(loaded, path.parent)
     if scale is not None:
         overrides = {**overrides, "scale": scale}
     chosen = overrides.get("scale") or values.get("scale")

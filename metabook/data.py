@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from metabook import corpora
-from metabook.errors import ConfigError
+from metabook.errors import ConfigError, CorpusError
 from metabook.evaluation import draw_episodes
 from metabook.models import BACKBONES
 from metabook.tasks import EpisodeSource, Task, trim
@@ -150,22 +150,40 @@ def _read(corpus: str, options: dict, label_column: str, role: str,
           source_column: str) -> _ByClass:
     """``corpus`` loaded and grouped by ``label_column``, each text once (with its first label).
 
+    Rows without a label (None, empty or white space) are left out, with a warning.
     ``role`` (``""``, ``"val_"`` or ``"test_"``) is the prefix of the config keys
     that name this corpus, for messages.
     """
-    ds = corpora.load(corpus, **options)
     name = _corpus_name(corpus, options)
+    try:
+        ds = corpora.load(corpus, **options)
+    except CorpusError as err:
+        if not role:
+            raise
+        raise CorpusError(f"{role}{name}: {err}") from None
     for column, key in ((label_column, f"{role}label_column"), (source_column, "source_column")):
         if column and column not in ds.column_names:
+            where = (key, f"{role}corpus_options" if role else "corpus_options")
+            if ds.column_names == ["text"]:  # a .txt file, say
+                raise ConfigError(f"{name} has text only, no labels ({key}: {column!r}); "
+                                  f"meta-pretraining needs labelled sentences: a .csv, .tsv or "
+                                  f".jsonl file with a label column", options=where)
             raise ConfigError(f"{name} has no column {column!r} for {key}; its columns are "
-                              f"{ds.column_names}: set {key} to one of them",
-                              options=(key, f"{role}corpus_options" if role else "corpus_options"))
+                              f"{ds.column_names}: set {key} to one of them", options=where)
     sources = ds[source_column] if source_column else [""] * len(ds)
     first: dict[str, tuple[str, str]] = {}
+    unlabelled = 0
     for text, label, source in zip(ds["text"], ds[label_column], sources):
         text = text.strip()
-        if text:
+        if not text:
+            continue
+        if label is None or not str(label).strip():
+            unlabelled += 1
+        else:
             first.setdefault(text, (str(label), str(source)))
+    if unlabelled:
+        warnings.warn(f"{name}: {unlabelled} row(s) with no {label_column!r} "
+                      f"({role}label_column) are left out", UserWarning, stacklevel=3)
     by_class: _ByClass = defaultdict(list)
     for text, (label, source) in first.items():
         by_class[label].append((text, source))

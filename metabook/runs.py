@@ -154,7 +154,10 @@ def _check_vocab(run: RunDir, vocab: Tokenizer) -> None:
 
 @dataclass
 class Run:
-    """A trained run loaded back: its config, data, learner (at ``checkpoint``) and step."""
+    """A trained run loaded back: its config, data, learner (at ``checkpoint``) and step.
+
+    ``validated`` is False when no validation ran, so that "best" is the latest checkpoint.
+    """
 
     out: Path
     config: PretrainConfig
@@ -162,6 +165,7 @@ class Run:
     learner: Learner
     checkpoint: Path
     step: int
+    validated: bool = True
 
     def test_episodes(self, n: int | None = None, n_way: int | None = None,
                       k_shot: int | None = None, q_query: int | None = None) -> list[Task]:
@@ -189,11 +193,12 @@ def load_run(out: str | Path, which: str = "best") -> Run:
         data = prepare_data(config)
         _check_vocab(run, data.vocab)
         path = run.best() if which == "best" else run.latest()
+        validated = bool((run.pointer() or {}).get("best"))
         ckpt = load_checkpoint(path)
     learner = build_learner(config, len(data.vocab), data.vocab.pad_id)
     load_into(learner, ckpt.model, path / "model.safetensors")
     learner.to(device(config.scale))
-    return Run(run.path, config, data, learner, path, int(ckpt.meta["step"]))
+    return Run(run.path, config, data, learner, path, int(ckpt.meta["step"]), validated)
 
 
 def evaluate_run(run: Run, n_episodes: int | None = None, steps: int | None = None,

@@ -6,8 +6,9 @@ import json
 import pytest
 
 from metabook import cli
+from metabook.config import load_config
 from metabook.errors import ConfigError
-from tests.helpers import SCRIPT, metabook
+from tests.helpers import SCRIPT, corpus_text, metabook, write_config
 
 def test_resumed_run_leaves_byte_identical_weights(tmp_path):
     """The done-when check: 20 steps straight = 10 steps, then --resume to 20."""
@@ -111,3 +112,71 @@ def test_pretrain_evaluate_reproduce(tmp_path, capsys):
     assert "| Meta-pretraining (ProtoMAML) + adaptation |" in text
     assert "On 8 shared test episodes, meta-pretraining is" in text
     assert all((tmp_path / "r5" / f"results.{ext}").is_file() for ext in ("json", "csv", "md"))
+
+
+def test_warnings_are_one_line_and_evaluate_says_which_test_classes_training_saw(tmp_path, capsys):
+    """A test_corpus of the training classes: said in one warning line, and by evaluate."""
+    text = corpus_text()
+    (tmp_path / "corpus.csv").write_text(text, encoding="utf-8")
+    (tmp_path / "again.csv").write_text(text.replace("\nsentence", "\nagain sentence"),
+                                        encoding="utf-8")
+    config = write_config(tmp_path, tmp_path / "corpus.csv", test_corpus="text_file",
+                          test_corpus_options={"path": str(tmp_path / "again.csv")})
+    assert cli.main(["pretrain", "--config", str(config), "--out", str(tmp_path / "run"),
+                     "--quiet"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err and all(line.startswith("metabook: warning: ") for line in err), err
+    assert "of the 6 test classes of test_corpus are training classes too" in err[0]
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "from 6 classes, 4 also training classes (test_corpus)" in out
+    assert "held out of pretraining" not in out
+
+
+def test_evaluate_names_inner_steps_only_for_learners_that_take_them(tmp_path, capsys):
+    """ProtoNet takes no inner steps; a run that never validated is measured at its last step."""
+    for learner in ("protonet", "protomaml"):
+        config = write_config(tmp_path, learner=learner, steps=2, eval_every=5)
+        assert cli.main(["pretrain", "--config", str(config), "--out", str(tmp_path / learner),
+                         "--quiet"]) == 0
+        assert cli.main(["evaluate", str(tmp_path / learner), "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert ("inner steps" in out) == (learner == "protomaml"), out
+        assert "no validation ran, so this is the latest checkpoint" in out
+
+
+def test_relative_corpus_paths_are_the_config_files_and_stored_absolute(tmp_path, capsys,
+                                                                         monkeypatch):
+    """path: corpus.csv next to the config is found from any directory, and so is the run."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "corpus.csv").write_text(corpus_text(), encoding="utf-8")
+    config = write_config(folder, folder / "corpus.csv")
+    values = json.loads(config.read_text())
+    values["corpus_options"]["path"] = "corpus.csv"
+    config.write_text(json.dumps(values))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["pretrain", "--config", "exp/config.json", "--out", "run", "--quiet"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["corpus_options"]["path"] == str(folder / "corpus.csv")
+    monkeypatch.chdir(folder)
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--quiet"]) == 0
+    capsys.readouterr()
+
+
+def test_only_paths_that_exist_are_made_absolute(tmp_path, monkeypatch):
+    """A hub or builder name stays a name; a file is found next to the config, else here."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "train.parquet").write_bytes(b"")
+    (tmp_path / "here.csv").write_text("text\n")
+    (tmp_path / "conf" / "c.yaml").write_text(
+        "corpus: huggingface\n"
+        "corpus_options: {path: parquet, data_files: {train: train.parquet, test: gone.parquet}}\n"
+        "test_corpus: text_file\ntest_corpus_options: {path: here.csv}\n"
+        "val_corpus: huggingface\nval_corpus_options: {path: banking77}\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config("conf/c.yaml")
+    assert config.corpus_options == {"path": "parquet", "data_files": {
+        "train": str(tmp_path / "conf" / "train.parquet"), "test": "gone.parquet"}}
+    assert config.test_corpus_options == {"path": str(tmp_path / "here.csv")}
+    assert config.val_corpus_options == {"path": "banking77"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bz2
+import csv
 import importlib
 import json
 import sys
@@ -306,6 +307,84 @@ def test_text_file_reads_a_json_array_of_objects(tmp_path):
     (tmp_path / "b.json").write_text('[{"text": "hi"}, ["not", "an", "object"]]', encoding="utf-8")
     with pytest.raises(CorpusError, match=r"item 2 of the array in .*b\.json is not an object"):
         corpora.load("text_file", path=tmp_path / "b.json")
+
+
+def test_text_file_keeps_line_breaks_inside_quoted_csv_fields(tmp_path):
+    """A quoted field may hold a line break of any kind; only \\n, \\r\\n and \\r end a .txt line."""
+    breaks = ["one\u2028two", "one\x0ctwo", "one\x85two", "one\ntwo", "one\r\ntwo"]
+    path = tmp_path / "a.csv"
+    path.write_text("text,label\n" + "".join(f'"{b}",x{i}\r\n' for i, b in enumerate(breaks)),
+                    encoding="utf-8", newline="")
+    ds = corpora.load("text_file", path=path)
+    assert ds["text"] == breaks and ds["label"] == [f"x{i}" for i in range(5)]
+    (tmp_path / "b.txt").write_text("one\u2028two\x85three\rfour\r\nfive\n", encoding="utf-8",
+                                    newline="")
+    assert corpora.load("text_file", path=tmp_path / "b.txt")["text"] == \
+        ["one\u2028two\x85three", "four", "five"]
+    (tmp_path / "c.jsonl").write_text('{"text": "one\u2028two", "label": "x"}\n', encoding="utf-8")
+    assert corpora.load("text_file", path=tmp_path / "c.jsonl")["text"] == ["one\u2028two"]
+
+
+def test_text_file_tsv_keeps_quotes_as_text(tmp_path):
+    """A .tsv is not quoted: a sentence that opens a quote does not swallow the lines after it."""
+    path = tmp_path / "a.tsv"
+    path.write_text('text\tlabel\n"The Lord of the Rings is a film.\tx\nsay "hi"\ty\n'
+                    '"quoted"\tz\n', encoding="utf-8")
+    ds = corpora.load("text_file", path=path)
+    assert ds["text"] == ['"The Lord of the Rings is a film.', 'say "hi"', '"quoted"']
+    assert ds["label"] == ["x", "y", "z"]
+    path.write_text('text\tlabel\n"a\tx\nb\ty\textra\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"line 3 of .*a\.tsv has another number of fields"):
+        corpora.load("text_file", path=path)
+
+
+def test_sib200_names_the_line_of_a_malformed_row(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("index_id\tcategory\ttext\n1\ttravel\tA boat.\n2\ttravel\tA\ttrain.\n",
+                    encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"as tab-separated .*Expected 3 fields in line 3, saw 4"):
+        corpora.load("sib200", language="eng_Latn", data_files=path)
+
+
+def test_text_file_reads_a_field_longer_than_the_csv_default_limit(tmp_path):
+    limit = csv.field_size_limit()
+    long = "word " * 40_000
+    (tmp_path / "long.csv").write_text(f'text,label\n"{long}",x\nshort,y\n', encoding="utf-8")
+    ds = corpora.load("text_file", path=tmp_path / "long.csv")
+    assert ds["text"] == [long.strip(), "short"]
+    assert csv.field_size_limit() == limit  # the limit is raised for this file only
+
+
+def test_text_file_labels_missing_in_some_rows_and_whole_floats(tmp_path):
+    """A column some rows lack keeps its values (None where missing); 6.0 is the class 6."""
+    (tmp_path / "a.jsonl").write_text('{"text": "a", "label": 6}\n{"text": "b", "label": null}\n'
+                                      '{"text": "c", "label": 6.0}\n{"text": "d"}\n'
+                                      '{"text": "e", "label": 6.5}\n', encoding="utf-8")
+    ds = corpora.load("text_file", path=tmp_path / "a.jsonl")
+    assert ds["label"] == ["6", None, "6", None, "6.5"]
+
+
+def test_text_file_suggests_cp1252_for_a_windows_file(tmp_path):
+    (tmp_path / "win.csv").write_bytes("text,label\n\u201chi\u2026\u201d,a\n".encode("cp1252"))
+    with pytest.raises(CorpusError, match=r"encoding='cp1252'.*'latin-1'"):
+        corpora.load("text_file", path=tmp_path / "win.csv")
+
+
+def _fewrel_instance(words: str) -> dict:
+    tokens = words.split()
+    return {"tokens": tokens, "h": [tokens[0], "Q1", [[0]]],
+            "t": [tokens[-1], "Q2", [[len(tokens) - 1]]]}
+
+
+def test_fewrel_one_file_is_the_train_split_and_the_error_says_how_to_name_another(tmp_path):
+    path = tmp_path / "val_wiki.json"
+    path.write_text(json.dumps({"P1": [_fewrel_instance("Paris is in France")]}), encoding="utf-8")
+    assert corpora.load("fewrel", data_files=path)["label"] == ["P1"]
+    with pytest.raises(CorpusError, match=r"no split 'validation'; splits: train; a single path in "
+                                          r"data_files is read as the split 'train': pass "
+                                          r"data_files=\{validation: .*val_wiki\.json\}"
+                                          r" \(or split: train\)"):
+        corpora.load("fewrel", split="validation", data_files=path)
 
 
 # --- any Hugging Face dataset ---------------------------------------------------------------

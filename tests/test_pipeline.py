@@ -12,7 +12,7 @@ from metabook.cli.reproduce import reproduce_chapter5
 from metabook.comparison import Row, adaptation_grid, compare, markdown_table, verdict
 from metabook.config import PretrainConfig
 from metabook.data import episodes, prepare_data, to_ids
-from metabook.errors import CheckpointError, ConfigError
+from metabook.errors import CheckpointError, ConfigError, CorpusError
 from metabook.evaluation import Choice
 from metabook.recipes import LEARNERS, build_learner, build_sampler
 from metabook.runs import curve_over_shots, curve_over_steps, evaluate_run, load_run, pretrain
@@ -304,3 +304,41 @@ def test_a_hugging_face_dataset_on_disk_trains_and_tests_on_its_own_splits(tmp_p
     assert sorted(data.classes["train"] + data.classes["val"]) == topics[:4]
     pretrain(config, tmp_path / "run", progress=False)
     assert evaluate_run(load_run(tmp_path / "run"), 3).after_ci.n == 3
+
+
+def test_rows_without_a_label_are_left_out_with_a_warning_and_6_0_is_the_class_6(tmp_path):
+    """A null, empty or blank label is no class; a whole float is the class of its integer."""
+    rows = [r.rsplit(",", 1) for r in corpus_text().splitlines()[1:]]
+    number = {f"topic{c}": c for c in range(CLASSES)}
+    lines = [json.dumps({"text": t, "label": float(number[c]) if i % 2 else number[c]})
+             for i, (t, c) in enumerate(rows)]
+    lines += [json.dumps({"text": f"no label {i}", "label": None}) for i in range(3)]
+    lines += ['{"text": "no label key"}', '{"text": "a blank label", "label": " "}']
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = PretrainConfig.from_dict({**TINY_RUN, "corpus_options": {"path": str(path)}})
+    with pytest.warns(UserWarning, match=r"labels\.jsonl\): 5 row\(s\) with no 'label' "
+                                         r"\(label_column\) are left out"):
+        data = prepare_data(config)
+    assert sorted(c for split in data.classes.values() for c in split) == \
+        [str(c) for c in range(CLASSES)]
+
+
+def test_a_txt_corpus_is_said_to_have_no_labels(tmp_path):
+    path = tmp_path / "sentences.txt"
+    path.write_text("".join(f"sentence {i}\n" for i in range(30)), encoding="utf-8")
+    config = PretrainConfig.from_dict({**TINY_RUN, "corpus_options": {"path": str(path)}})
+    with pytest.raises(ConfigError, match=r"sentences\.txt\) has text only, no labels.*needs "
+                                          r"labelled sentences: a \.csv, \.tsv or \.jsonl file"):
+        prepare_data(config)
+
+
+@pytest.mark.parametrize("role", ["val", "test"])
+def test_errors_reading_a_val_or_test_corpus_name_its_key_and_file(role, tmp_path):
+    config = PretrainConfig.from_dict({
+        **TINY_RUN, "corpus_options": {"path": str(tmp_path / "corpus.csv")},
+        f"{role}_corpus": "text_file", f"{role}_corpus_options": {"path": str(tmp_path / "x.csv")}})
+    (tmp_path / "corpus.csv").write_text(corpus_text(), encoding="utf-8")
+    with pytest.raises(CorpusError, match=fr"^{role}_corpus 'text_file' \(.*x\.csv\): "
+                                          fr"text_file: no file at"):
+        prepare_data(config)

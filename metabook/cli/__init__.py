@@ -14,6 +14,7 @@ CPU cores, and ``--scale large`` is the one switch to the GPU-sized run.
 Errors that come from the user's input, or from a disk that refuses the
 output, print one line naming the problem and what to do, with the flags that
 change it, and exit with status 2; ``--debug`` shows the traceback instead.
+A warning prints as one line too, ``metabook: warning: ...``.
 A run folder that another process is using is such an error, naming that
 process. Ctrl-C (SIGINT) or SIGTERM during training saves a checkpoint of the
 last finished step and prints one line naming the step, the checkpoint and the
@@ -36,6 +37,7 @@ import platform
 import shlex
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -108,24 +110,35 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from metabook import runs
+    from metabook.learners import GradientLearner
 
     run = runs.load_run(args.run, args.checkpoint)
     ev = runs.evaluate_run(run, args.episodes, progress=not (args.quiet or args.json))
     before, after = ev.before_ci, ev.after_ci
     c = run.config
+    # ProtoNet adapts by averaging the support set, not by gradient steps.
+    steps = run.learner.steps if isinstance(run.learner, GradientLearner) else None
     if args.json:
         print(json.dumps({
             "run": str(run.out), "checkpoint": str(run.checkpoint), "step": run.step,
             "episodes": before.n, "n_way": c.n_way, "k_shot": c.k_shot, "q_query": c.q_query,
-            "inner_steps": c.inner_steps,
+            "inner_steps": steps,
             "before": {"accuracy": before.mean, "ci95": before.half_width},
             "after": {"accuracy": after.mean, "ci95": after.half_width}}, indent=2))
         return 0
-    print(f"run {run.out} at {run.checkpoint.name} (step {run.step})")
+    unvalidated = ("; no validation ran, so this is the latest checkpoint"
+                   if args.checkpoint == "best" and not run.validated else "")
+    print(f"run {run.out} at {run.checkpoint.name} (step {run.step}{unvalidated})")
+    test = run.data.classes["test"]
+    seen = len(set(test) & set(run.data.classes["train"]))  # only a test_corpus shares classes
+    origin = (f"{len(test)} classes held out of pretraining" if not seen else
+              f"{len(test)} classes, {'all ' if seen == len(test) else ''}{seen} also training "
+              f"classes (test_corpus)")
     print(f"{before.n} test episodes: {c.n_way}-way {c.k_shot}-shot, {c.q_query} queries per "
-          f"class, from {len(run.data.classes['test'])} classes held out of pretraining")
+          f"class, from {origin}")
     print(f"accuracy before adaptation: {before}  (%, mean ± 95% interval)")
-    print(f"accuracy after adaptation:  {after}  ({c.inner_steps} inner steps)")
+    print(f"accuracy after adaptation:  {after}" +
+          (f"  ({steps} inner steps)" if steps is not None else ""))
     return 0
 
 
@@ -250,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--episodes must be at least 2 (a confidence interval needs two), "
                      f"got {args.episodes}")
     try:
-        return handler(args)
+        with warnings.catch_warnings():  # puts Python's own showwarning back afterwards
+            warnings.showwarning = _show_warning
+            return handler(args)
     except KeyboardInterrupt as err:
         if args.debug:
             raise
@@ -261,6 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metabook {args.command}: error: {_one_line(err)}{_flags(err, args.parser)}",
               file=sys.stderr)
         return 2
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Print a warning as one line, as errors are, without Python's source line."""
+    print(f"metabook: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _interrupted(err: KeyboardInterrupt, args: argparse.Namespace, argv: list[str]) -> int:

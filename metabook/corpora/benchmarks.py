@@ -144,7 +144,8 @@ def load_sib200(language: str, data_files: DataFiles | None = None) -> datasets.
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        # keep_default_na=False: a sentence such as "None" or "NA" stays text.
+        # keep_default_na=False: a sentence such as "None" or "NA" stays text. The public files
+        # are quoted as pandas writes them (a quote in a sentence is doubled): no QUOTE_NONE.
         raw = datasets.load_dataset("csv", data_files=files, delimiter="\t", keep_default_na=False)
     except Exception as err:  # datasets wraps parser and network errors in many types
         if data_files is None and _is_unreachable(err):
@@ -152,7 +153,10 @@ def load_sib200(language: str, data_files: DataFiles | None = None) -> datasets.
                                "TSV files from huggingface.co/datasets/Davlan/sib200") from None
         if data_files is None and isinstance(err, FileNotFoundError):
             raise CorpusError(f"SIB-200 has no files for language {language!r} on the hub") from None
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause: BaseException = err
+        while cause.__cause__ is not None:  # datasets' message hides pandas', which names the line
+            cause = cause.__cause__
+        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise CorpusError(f"SIB-200: cannot read {list(files.values())} as tab-separated "
                           f"index_id/category/text ({first_line})") from None
     finally:

@@ -9,11 +9,13 @@ import bz2
 import csv
 import gzip
 import importlib.util
+import io
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 import datasets
 
@@ -105,7 +107,7 @@ def main_speaker(transcript: str) -> tuple[str, str] | None:
 _FORMATS = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
-def _read_lines(path: Path, encoding: str) -> list[str]:
+def _read_text(path: Path, encoding: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -116,8 +118,72 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
         raise CorpusError(
             f"text_file: {path} is not valid {encoding} (byte {data[err.start]:#04x} at offset "
             f"{err.start}); re-save it as UTF-8, or pass encoding= with the file's encoding "
-            f"(for example encoding='latin-1')") from None
-    return text.lstrip("\ufeff").splitlines()
+            f"(for example encoding='cp1252' for a Windows file, or 'latin-1')") from None
+    return text.lstrip("\ufeff")
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text``, ended by \\n, \\r\\n or \\r only.
+
+    str.splitlines also breaks at U+2028, a form feed or NEL, which a sentence (or a
+    JSON string) may hold; people mean the ordinary line breaks.
+    """
+    return [line.rstrip("\n") for line in io.StringIO(text, newline=None)]
+
+
+@contextmanager
+def _field_size_limit(size: int) -> Iterator[None]:
+    """csv's limit on a field's length raised to ``size`` (a field is never longer than its
+    file) while a file is read; the default (131,072 characters) refuses long documents."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, size))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _csv_rows(path: Path, text: str, fmt: str, columns: list[str]) -> list[dict]:
+    """The rows of a .csv or .tsv file, each with ``columns``.
+
+    A .tsv file is read unquoted, as tab-separated values are defined: a quote in it
+    is text, so a sentence that opens a quote does not swallow the lines after it.
+    """
+    # From the text itself, so that a quoted field keeps the line breaks inside it.
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t",
+                            quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE)
+    rows, bad = [], None
+    try:
+        with _field_size_limit(len(text)):
+            for row in reader:
+                # A row of nothing but white space is a blank line, as in a .txt file.
+                if None in row or any((v or "").strip() for v in row.values()):
+                    if bad is None and (None in row or any(row.get(c) is None for c in columns)):
+                        bad = reader.line_num
+                    rows.append(row)
+    except csv.Error as err:
+        raise CorpusError(f"text_file: {path} is not valid {fmt.upper()} "
+                          f"(line {reader.line_num}: {err})") from None
+    found = reader.fieldnames or []
+    missing = [c for c in columns if c not in found]
+    if missing and rows:
+        raise CorpusError(f"text_file: {path} lacks the column(s) {missing} (its header is "
+                          f"{found}); pass text_column= and label_column= naming its columns")
+    if bad is not None:
+        raise CorpusError(f"text_file: line {bad} of {path} has another number of fields "
+                          f"than the header; the file may be truncated or use another "
+                          f"delimiter")
+    return rows
+
+
+def _as_text(value: str | int | float | None) -> str | None:
+    """A plain value as text (None stays None); a whole float as the integer it equals,
+    so that a label written 6.0 is the class 6."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _json_records(path: Path, text: str, columns: list[str]) -> list[dict]:
@@ -140,7 +206,10 @@ def read_text_file(path: PathLike, format: str | None = None, text_column: str =
     """The texts of your own file as a dataset: column ``text`` (from ``text_column``), ``label``
     (from ``label_column``, if given), and every other column of a .csv, .tsv or .jsonl file
     whose values are plain (text or numbers), as text, so that a run config can name any of
-    them (``label_column: speaker``). A .json file holds JSON lines or one array of objects.
+    them (``label_column: speaker``); a row that lacks a column, or holds null in it, has None
+    there, and a whole number written 6.0 is "6". A .json file holds JSON lines or one array
+    of objects. A .txt line ends at \\n, \\r\\n or \\r only; a .csv field may be quoted (and
+    hold line breaks), a .tsv field is never quoted.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise CorpusError(f"text_file: path must be a file name, got {type(path).__name__} "
@@ -156,7 +225,8 @@ def read_text_file(path: PathLike, format: str | None = None, text_column: str =
                           f"(one sentence a line), .csv, .tsv or .jsonl, or pass "
                           f"format='txt'|'csv'|'tsv'|'jsonl' (a .parquet or .arrow file is "
                           f"read by the corpus 'huggingface')")
-    lines = _read_lines(path, encoding)
+    text = _read_text(path, encoding)
+    lines = _lines(text)
     columns = [text_column] + ([label_column] if label_column else [])
     if fmt == "txt":
         if label_column:
@@ -164,26 +234,9 @@ def read_text_file(path: PathLike, format: str | None = None, text_column: str =
                               "be used; give the labels in a .csv, .tsv or .jsonl file")
         rows = [{text_column: line} for line in lines]
     elif fmt in ("csv", "tsv"):
-        reader = csv.DictReader(lines, delimiter="," if fmt == "csv" else "\t")
-        try:
-            # A row of nothing but white space is a blank line, as in a .txt file.
-            rows = [r for r in reader if None in r or any((v or "").strip() for v in r.values())]
-        except csv.Error as err:
-            raise CorpusError(f"text_file: {path} is not valid {fmt.upper()} "
-                              f"(line {reader.line_num}: {err})") from None
-        found = reader.fieldnames or []
-        missing = [c for c in columns if c not in found]
-        if missing and rows:
-            raise CorpusError(f"text_file: {path} lacks the column(s) {missing} (its header is "
-                              f"{found}); pass text_column= and label_column= naming its columns")
-        if any(None in row or any(row.get(c) is None for c in columns) for row in rows):
-            bad = next(i for i, row in enumerate(rows, 2)
-                       if None in row or any(row.get(c) is None for c in columns))
-            raise CorpusError(f"text_file: line {bad} of {path} has another number of fields "
-                              f"than the header; the file may be truncated or use another "
-                              f"delimiter")
-    elif path.suffix.lower() == ".json" and "\n".join(lines).lstrip().startswith("["):
-        rows = _json_records(path, "\n".join(lines), columns)
+        rows = _csv_rows(path, text, fmt, columns)
+    elif path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        rows = _json_records(path, text, columns)
     else:
         rows = []
         for number, line in enumerate(lines, 1):
@@ -207,9 +260,11 @@ def read_text_file(path: PathLike, format: str | None = None, text_column: str =
                           f"words in {text_column!r}); check that it is the file you meant")
     out = {"text": [r[text_column].strip() for r in kept]}
     if label_column:
-        out["label"] = [str(r[label_column]) for r in kept]
-    for column in kept[0]:
+        out["label"] = [_as_text(r[label_column]) for r in kept]
+    # Every column of any row: one that some rows lack (or hold null in) is None there.
+    for column in dict.fromkeys(c for r in kept for c in r):
+        values = [r.get(column) for r in kept]
         if (column not in out and column not in (text_column, label_column)
-                and all(isinstance(r.get(column), (str, int, float)) for r in kept)):
-            out[column] = [str(r[column]) for r in kept]
+                and all(v is None or isinstance(v, (str, int, float)) for v in values)):
+            out[column] = [_as_text(v) for v in values]
     return datasets.Dataset.from_dict(out)

@@ -410,7 +410,7 @@ register(
 
 def _load_sib200(language: str = "eng_Latn", split: str = "train",
                  data_files: PathLike | dict[str, PathLike] | None = None) -> datasets.Dataset:
-    return _split(load_sib200(language, data_files=data_files), split, "sib200")
+    return _split(load_sib200(language, data_files=data_files), split, "sib200", data_files)
 
 
 def _load_clinc150(split: str = "train", data_files: PathLike | dict[str, PathLike] | None = None,
@@ -420,12 +420,17 @@ def _load_clinc150(split: str = "train", data_files: PathLike | dict[str, PathLi
 
 def _load_fewrel(split: str = "train", data_files: PathLike | dict[str, PathLike] | None = None
                  ) -> datasets.Dataset:
-    return _split(load_fewrel(data_files=data_files), split, "fewrel")
+    return _split(load_fewrel(data_files=data_files), split, "fewrel", data_files)
 
 
-def _split(dd: datasets.DatasetDict, split: str, corpus: str) -> datasets.Dataset:
+def _split(dd: datasets.DatasetDict, split: str, corpus: str,
+           data_files: PathLike | dict[str, PathLike] | None = None) -> datasets.Dataset:
+    """Split ``split`` of ``dd``; ``data_files`` (the loader's) explains a missing one."""
     if split not in dd:
-        raise CorpusError(f"{corpus} has no split {split!r}; splits: {', '.join(dd)}")
+        one_path = data_files is not None and not isinstance(data_files, dict)
+        hint = (f"; a single path in data_files is read as the split 'train': pass "
+                f"data_files={{{split}: {data_files}}} (or split: train)" if one_path else "")
+        raise CorpusError(f"{corpus} has no split {split!r}; splits: {', '.join(dd)}{hint}")
     return dd[split]
 
 
