@@ -32,8 +32,10 @@ minutes on two CPU cores for ``make bench``'s model with five second-order inner
 steps, and needs a C++ compiler on CPUs. A meta-step after that was about three
 times faster than the loop on that model (``make bench``; see
 ``benchmarks/results/meta_step.json``). So it pays off for long runs, not for a
-chapter's few hundred steps. If compiling fails, metabook says so once and takes
-the meta-gradient without compiling.
+chapter's few hundred steps. Each new shape of a task's tensors compiles again, so
+it suits tasks of fixed shape (feature vectors, or token ids padded to one length)
+rather than text tasks trimmed to each batch's longest sentence. If compiling
+fails, metabook says so once and takes the meta-gradient without compiling.
 
 Only learners that adapt by the plain rule (:func:`metabook.adaptation.update`
 of the gradient, without a proximal term) and predict with the adapted model
