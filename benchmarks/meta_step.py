@@ -17,7 +17,8 @@ Implementations, each run the way its documentation shows:
 - ``metabook chunk C``: the same with ``chunk_size=C`` fixed (``--chunks``, by default
   1, 2, 4 and 8), for the trade-off between speed and memory; ``chunk 8`` holds every
   task's graph until the end, as ``batched=True`` did before chunks;
-- ``metabook loop``: the same with ``batched=False`` (the default), for comparison;
+- ``metabook loop``: the same with ``batched=False`` (the default): task by task, each
+  task's meta-gradient taken as soon as its loss exists;
 - ``learn2learn``: ``MAML.clone()`` and ``adapt()`` per task, ``backward()`` per task;
 - ``higher``: ``innerloop_ctx`` per task, ``backward()`` per task;
 - ``autograd loop``: the reference, ``functional_call`` and ``autograd.grad(create_graph=True)``
@@ -38,7 +39,7 @@ the first step, over all rounds, warm-up included; ``step MB`` is the rise over 
 measured rounds alone, over the resident set after the warm-up with the allocator's
 free pages handed back (``malloc_trim``); ``RSS MB`` is the absolute peak, the first
 step included. The peers call ``backward()`` once per task and so hold one task's
-graph at a time; metabook batched holds one chunk's, metabook compiled one task's.
+graph at a time; so do metabook loop and compiled; metabook batched holds one chunk's.
 Linux only: it reads ``/proc/self``.
 
 **Correctness.** Every implementation's meta-gradient is compared with the

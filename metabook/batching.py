@@ -50,7 +50,7 @@ independent masks for every task, as a loop does, but not the same masks.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -59,7 +59,7 @@ from torch.func import vmap
 from metabook.adaptation import LossFn, Params, StepSize, adapt, gradients, update
 from metabook.tasks import Task
 
-__all__ = ["stack_tasks", "batched_loss", "batched_adapt", "batched_meta_loss",
+__all__ = ["stack_tasks", "batched_loss", "batched_adapt", "batched_meta_loss", "mean_by_parts",
            "auto_chunk_size", "CHUNK_BUDGET_MB"]
 
 
@@ -257,20 +257,9 @@ def batched_meta_loss(loss_fn: LossFn, params: Params, tasks: Sequence[Task], st
         if chunk == n:
             return _query_losses(loss_fn, params, stacked, steps, lr, first_order, frozen,
                                  allow_unused).mean()
-        total, summed = torch.zeros((), dtype=stacked.query_x.dtype), None
-        for start in range(0, n, chunk):
-            part = Task(*(t[start:start + chunk] for t in columns))
-            loss = _query_losses(loss_fn, params, part, steps, lr, first_order, frozen,
-                                 allow_unused).sum() / n
-            chunk_loss = loss.detach()
-            grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-            if summed is None:
-                summed = _owned(grads)
-            else:  # in place, as backward() accumulates into .grad: no third copy
-                summed = tuple(a if b is None else b if a is None else a.add_(b)
-                               for a, b in zip(summed, grads))
-            del grads, loss
-            total = total + chunk_loss
+        parts = (Task(*(t[start:start + chunk] for t in columns)) for start in range(0, n, chunk))
+        return mean_by_parts((_query_losses(loss_fn, params, part, steps, lr, first_order, frozen,
+                                            allow_unused).sum() for part in parts), n, wrt)
     except RuntimeError as err:
         # Typically vmap refusing Python control flow on a tensor's value (Hugging Face
         # models test their attention mask), or memory running out. The loop either works
@@ -278,6 +267,35 @@ def batched_meta_loss(loss_fn: LossFn, params: Params, tasks: Sequence[Task], st
         warnings.warn(f"adapting the meta-batch task by task: the batched path failed with "
                       f"{str(err).splitlines()[0]!r}", RuntimeWarning, stacklevel=3)
         return None
+
+
+def mean_by_parts(losses: Iterable[Tensor], n: int, wrt: Sequence[Tensor]) -> Tensor:
+    """``sum(losses) / n``, each part differentiated with respect to ``wrt`` as soon as it exists.
+
+    Taking a part's gradient frees its graph, so memory holds one part's graph at a
+    time (a chunk's, or one task's), not all of them until one ``backward()``. The
+    result's ``backward()`` then hands ``wrt`` the summed gradients, as the sum's own
+    would, equal up to the order of the additions; it can be differentiated once,
+    and only with respect to ``wrt``::
+
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> mean_by_parts((k * (w ** 2).sum() for k in (1.0, 3.0)), 2, [w]).backward()
+        >>> w.grad
+        tensor([4., 8.])
+    """
+    total, summed = None, None
+    for loss in losses:
+        loss = loss / n
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        if summed is None:
+            summed = _owned(grads)
+        else:  # in place, as backward() accumulates into .grad: no third copy
+            summed = tuple(a if b is None else b if a is None else a.add_(b)
+                           for a, b in zip(summed, grads))
+        total = loss.detach() if total is None else total + loss.detach()
+        del grads, loss
+    if total is None:
+        raise ValueError("mean_by_parts needs at least one loss")
     return _KnownGradient.apply(total, summed, *wrt)
 
 

@@ -137,9 +137,19 @@ class GradientLearner(Learner):
         self._meta_gradients: dict[tuple[int, bool], MetaGradient] = {}
 
     def meta_batch_loss(self, tasks: Sequence[Task]) -> Tensor:
-        """Mean :meth:`meta_loss` over a meta-batch, all tasks at once if ``batched=True``."""
-        if self.compiled and tasks and torch.is_grad_enabled() and not any(
-                t.requires_grad for task in tasks for t in (task.support_x, task.query_x)):
+        """Mean :meth:`meta_loss` over a meta-batch, whose ``backward()`` gives the meta-gradient.
+
+        A learner that adapts by the plain rule takes each task's meta-gradient as
+        soon as the task's loss exists (:func:`metabook.batching.mean_by_parts`), so
+        memory holds one task's graph, not the meta-batch's (``batched=True``: one
+        chunk's; ``compiled=True``: see :mod:`metabook.compiled`). The result can then
+        be differentiated once, with respect to the learner's parameters.
+        """
+        wrt = [p for p in self.parameters() if p.requires_grad]
+        separable = bool(tasks) and bool(wrt) and torch.is_grad_enabled() and not any(
+            t.requires_grad for task in tasks
+            for t in (task.support_x, task.support_y, task.query_x, task.query_y))
+        if self.compiled and separable:
             fast, frozen = self.split_params()
             key = (self.steps, self.first_order)
             if key not in self._meta_gradients:
@@ -149,16 +159,17 @@ class GradientLearner(Learner):
                           self.allow_unused)
                 self._meta_gradients[key] = MetaGradient(self.inner_loss, *key)
             return compiled_meta_loss(self._meta_gradients[key], fast, frozen, self.step_sizes(),
-                                      tasks, [p for p in self.parameters() if p.requires_grad])
+                                      tasks, wrt)
         if self.batched:
             fast, frozen = self.split_params()
             loss = batching.batched_meta_loss(self.inner_loss, fast, tasks, self.steps,
                                               self.step_sizes(), self.first_order, frozen,
                                               allow_unused=self.allow_unused,
-                                              chunk_size=self.chunk_size,
-                                              wrt=[p for p in self.parameters() if p.requires_grad])
+                                              chunk_size=self.chunk_size, wrt=wrt)
             if loss is not None:
                 return loss
+        if separable and len(tasks) > 1 and _adapts_by_the_plain_rule(type(self)):
+            return batching.mean_by_parts((self.meta_loss(t) for t in tasks), len(tasks), wrt)
         return super().meta_batch_loss(tasks)
 
     def step_sizes(self) -> float | dict[str, Tensor]:

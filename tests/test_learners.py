@@ -254,3 +254,33 @@ def test_clone_steps_by_the_same_rule_with_per_parameter_rates():
     reference = learner.adapt(x, y)
     for name, value in reference.items():
         torch.testing.assert_close(clone.params[name], value)
+
+
+class _MetaBatch(nn.Module):
+    """A meta-batch's loss behind ``meta_loss``, the interface finite_difference_check probes."""
+
+    def __init__(self, learner: nn.Module):
+        super().__init__()
+        self.learner = learner
+
+    def meta_loss(self, tasks: list[Task]) -> torch.Tensor:
+        return self.learner.meta_batch_loss(tasks)
+
+
+@pytest.mark.parametrize("build", [lambda m: MAML(m, lr=0.5, steps=2),
+                                   lambda m: MetaSGD(m, lr=0.3, steps=2)], ids=["maml", "metasgd"])
+def test_a_meta_batch_is_differentiated_task_by_task_to_the_same_meta_gradient(build):
+    """The default loop frees each task's graph as it goes: one task's memory, the sum's gradient."""
+    from metabook.memory import saved_tensors
+
+    tasks = [text_task(seed=s) for s in range(4)]
+    learner = build(attention_model())
+    finite_difference_check(_MetaBatch(learner), tasks)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    by_task = torch.autograd.grad(learner.meta_batch_loss(tasks), params)
+    summed = torch.autograd.grad(torch.stack([learner.meta_loss(t) for t in tasks]).mean(), params)
+    for a, b in zip(by_task, summed):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    one = saved_tensors(lambda: learner.meta_loss(tasks[0]), exclude=params).peak_mib
+    batch = saved_tensors(lambda: learner.meta_batch_loss(tasks), exclude=params).peak_mib
+    assert batch < 1.5 * one  # not 4 tasks' graphs at once
