@@ -72,7 +72,8 @@ class MetaGradient:
 
     def _function(self, with_lr: bool) -> Callable[..., Any]:
         if with_lr not in self._fns:
-            grad = torch.func.grad_and_value(self._task_loss, argnums=(0, 1, 2) if with_lr else (0, 1))
+            argnums = (0, 1, 2) if with_lr else (0, 1)
+            grad = torch.func.grad_and_value(self._task_loss, argnums=argnums)
             self._fns[with_lr] = torch.compile(grad, dynamic=False) if self.compile else grad
         return self._fns[with_lr]
 

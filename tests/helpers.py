@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from metabook.models import TextClassifier, TextEncoder
 from metabook.tasks import Task
@@ -66,6 +66,18 @@ def finite_difference_check(learner: nn.Module, task: Task, directions: int = 3,
         worst = max(worst, err)
         assert err < rtol, f"meta-gradient {analytic:.10g} vs finite difference {numeric:.10g}"
     return worst
+
+
+class MetaBatch(nn.Module):
+    """A learner's meta-batch loss behind ``meta_loss``, the interface
+    :func:`finite_difference_check` probes."""
+
+    def __init__(self, learner: nn.Module):
+        super().__init__()
+        self.learner = learner
+
+    def meta_loss(self, tasks: list[Task]) -> Tensor:
+        return self.learner.meta_batch_loss(tasks)
 
 
 # --- a tiny labelled corpus, and a run config over it -----------------------------------------

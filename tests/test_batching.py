@@ -20,8 +20,8 @@ from metabook.learners import MAML, FirstOrderMAML, MetaSGD, Reptile
 from metabook.models import HFEncoder, ResidualMLP, TextClassifier, TextEncoder, tiny_bert
 from metabook.tasks import Task
 
-from tests.helpers import (DIM, N_WAY, VOCAB, attention_model, finite_difference_check,
-                           text_task)
+from tests.helpers import (DIM, N_WAY, VOCAB, MetaBatch, attention_model,
+                           finite_difference_check, text_task)
 
 # transformers 5 builds BERT's attention mask with value-dependent branches that vmap cannot
 # follow; 4.x takes the model's own path.
@@ -88,26 +88,15 @@ def _assert_batched_equals_looped(build_learner, tasks: list[Task]) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
-class _MetaBatch(nn.Module):
-    """``meta_loss`` of a whole meta-batch, the interface ``_finite_difference_check`` probes."""
-
-    def __init__(self, learner: nn.Module):
-        super().__init__()
-        self.learner = learner
-
-    def meta_loss(self, tasks: list[Task]) -> torch.Tensor:
-        return self.learner.meta_batch_loss(tasks)
-
-
 @pytest.mark.parametrize("steps", [1, 3])
 def test_batched_maml_meta_gradient_matches_finite_differences(steps, no_fallback):
     learner = MAML(attention_model(), lr=0.5, steps=steps, batched=True)
-    finite_difference_check(_MetaBatch(learner), _text_tasks())
+    finite_difference_check(MetaBatch(learner), _text_tasks())
 
 
 def test_batched_metasgd_meta_gradient_matches_finite_differences(no_fallback):
     learner = MetaSGD(attention_model(), lr=0.3, steps=2, batched=True)
-    finite_difference_check(_MetaBatch(learner), _text_tasks())
+    finite_difference_check(MetaBatch(learner), _text_tasks())
 
 
 MODELS = {

@@ -10,7 +10,7 @@ from metabook.errors import ConfigError
 from metabook.learners import MAML, FirstOrderMAML, MetaSGD, Reptile
 from metabook.models import ResidualMLP
 from metabook.tasks import Task
-from tests.helpers import N_WAY, attention_model, finite_difference_check, text_task
+from tests.helpers import N_WAY, MetaBatch, attention_model, finite_difference_check, text_task
 
 pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
@@ -68,14 +68,6 @@ def test_the_functional_meta_gradient_equals_the_loop(name, uncompiled):
 
 
 def test_the_functional_meta_gradient_matches_finite_differences(uncompiled):
-    class MetaBatch(torch.nn.Module):
-        def __init__(self, learner):
-            super().__init__()
-            self.learner = learner
-
-        def meta_loss(self, tasks):
-            return self.learner.meta_batch_loss(tasks)
-
     learner = MAML(attention_model(), lr=0.5, steps=2, compiled=True)
     finite_difference_check(MetaBatch(learner), [text_task(seed=s) for s in range(3)])
 

@@ -12,8 +12,8 @@ from metabook.learners import (ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoMAML, P
                                _prototypes, accuracy)
 from metabook.models import TextClassifier, TextEncoder, tiny_bert, tiny_gpt2, tiny_xlnet
 from metabook.tasks import Task
-from tests.helpers import (DIM, N_WAY, VOCAB, attention_model, finite_difference_check,
-                           text_task)
+from tests.helpers import (DIM, N_WAY, VOCAB, MetaBatch, attention_model,
+                           finite_difference_check, text_task)
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
@@ -256,26 +256,16 @@ def test_clone_steps_by_the_same_rule_with_per_parameter_rates():
         torch.testing.assert_close(clone.params[name], value)
 
 
-class _MetaBatch(nn.Module):
-    """A meta-batch's loss behind ``meta_loss``, the interface finite_difference_check probes."""
-
-    def __init__(self, learner: nn.Module):
-        super().__init__()
-        self.learner = learner
-
-    def meta_loss(self, tasks: list[Task]) -> torch.Tensor:
-        return self.learner.meta_batch_loss(tasks)
-
-
 @pytest.mark.parametrize("build", [lambda m: MAML(m, lr=0.5, steps=2),
                                    lambda m: MetaSGD(m, lr=0.3, steps=2)], ids=["maml", "metasgd"])
 def test_a_meta_batch_is_differentiated_task_by_task_to_the_same_meta_gradient(build):
-    """The default loop frees each task's graph as it goes: one task's memory, the sum's gradient."""
+    """The default loop frees each task's graph as it goes: one task's memory, the sum's
+    gradient."""
     from metabook.memory import saved_tensors
 
     tasks = [text_task(seed=s) for s in range(4)]
     learner = build(attention_model())
-    finite_difference_check(_MetaBatch(learner), tasks)
+    finite_difference_check(MetaBatch(learner), tasks)
     params = [p for p in learner.parameters() if p.requires_grad]
     by_task = torch.autograd.grad(learner.meta_batch_loss(tasks), params)
     summed = torch.autograd.grad(torch.stack([learner.meta_loss(t) for t in tasks]).mean(), params)
