@@ -225,8 +225,9 @@ def accuracies_along(learner: Learner, episodes: Sequence[Task], steps: Sequence
     >>> from metabook.learners import MAML
     >>> from metabook.tasks import Task
     >>> task = Task(torch.eye(4), torch.arange(4), torch.eye(4), torch.arange(4))
-    >>> along = accuracies_along(MAML(torch.nn.Linear(4, 4), lr=1.0), [task], [0, 5])
-    >>> along == {n: accuracies(MAML(torch.nn.Linear(4, 4), lr=1.0), [task], n) for n in (0, 5)}
+    >>> maml = MAML(torch.nn.Linear(4, 4), lr=1.0)
+    >>> along = accuracies_along(maml, [task], [0, 5])
+    >>> along == {n: accuracies(maml, [task], n) for n in (0, 5)}
     True
     """
     steps = list(dict.fromkeys(steps))
