@@ -50,7 +50,7 @@ independent masks for every task, as a loop does, but not the same masks.
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -283,20 +283,33 @@ def mean_by_parts(losses: Iterable[Tensor], n: int, wrt: Sequence[Tensor]) -> Te
         >>> w.grad
         tensor([4., 8.])
     """
+    def parts() -> Iterator[tuple[Tensor, tuple[Tensor | None, ...]]]:
+        for loss in losses:
+            loss = loss / n
+            yield loss, torch.autograd.grad(loss, wrt, allow_unused=True)
+
+    return _KnownGradient.apply(*_summed_parts(parts()), *wrt)
+
+
+def _summed_parts(parts: Iterable[tuple[Tensor, Sequence[Tensor | None]]]
+                  ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """The sum of the parts' losses (detached) and of their gradients, in the order given.
+
+    Gradients are added in place, as ``backward()`` accumulates into ``.grad``, so no
+    third copy is made, and a part's are let go before the next part is computed.
+    """
     total, summed = None, None
-    for loss in losses:
-        loss = loss / n
-        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    for loss, grads in parts:
         if summed is None:
             summed = _owned(grads)
-        else:  # in place, as backward() accumulates into .grad: no third copy
+        else:
             summed = tuple(a if b is None else b if a is None else a.add_(b)
                            for a, b in zip(summed, grads))
         total = loss.detach() if total is None else total + loss.detach()
         del grads, loss
     if total is None:
-        raise ValueError("mean_by_parts needs at least one loss")
-    return _KnownGradient.apply(total, summed, *wrt)
+        raise ValueError("a meta-batch needs at least one task")
+    return total, summed
 
 
 def _query_losses(loss_fn: LossFn, params: Params, stacked: Task, steps: int, lr: StepSize,

@@ -44,7 +44,7 @@ can use it, as for ``batched=True``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -121,7 +121,7 @@ def compiled_meta_loss(meta_grad: MetaGradient, params: Params, frozen: Params, 
     so memory holds one task's computation at a time. ``wrt`` must hold every
     tensor the meta-gradient is wanted for, among ``params``, ``frozen`` and ``lr``.
     """
-    from metabook.batching import _KnownGradient
+    from metabook.batching import _KnownGradient, _summed_parts
 
     by_name = {**params, **frozen}
     if isinstance(lr, dict):
@@ -132,14 +132,12 @@ def compiled_meta_loss(meta_grad: MetaGradient, params: Params, frozen: Params, 
     plain = ({n: t.detach() for n, t in params.items()}, {n: t.detach() for n, t in frozen.items()},
              {n: t.detach() for n, t in lr.items()} if isinstance(lr, dict)
              else lr.detach() if isinstance(lr, Tensor) else lr)
-    total, summed = torch.zeros(()), None
-    for task in tasks:
-        loss, grads = meta_grad(*plain, task)
-        total = total + loss.detach()
-        if summed is None:
-            summed = dict(grads)
-        else:
-            for n, g in grads.items():
-                summed[n] = summed[n] + g
+
+    def parts() -> Iterator[tuple[Tensor, tuple[Tensor, ...]]]:
+        for task in tasks:
+            loss, grads = meta_grad(*plain, task)
+            yield loss, tuple(grads[name_of[id(t)]] for t in wrt)
+
+    total, summed = _summed_parts(parts())
     n = len(tasks)
-    return _KnownGradient.apply(total / n, tuple(summed[name_of[id(t)]] / n for t in wrt), *wrt)
+    return _KnownGradient.apply(total / n, tuple(g / n for g in summed), *wrt)
