@@ -75,8 +75,13 @@ def _is_unreachable(err: BaseException | None) -> bool:
     return False
 
 
+def _offline_note() -> str:
+    """Why a download was not tried, when that is the reason; else nothing."""
+    return " (offline mode: HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set)" if _offline() else ""
+
+
 def _unreachable(where: str, what: str, hint: str) -> CorpusError:
-    reason = " (offline mode: HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set)" if _offline() else ""
+    reason = _offline_note()
     return CorpusError(f"could not reach {where} to download {what}{reason}; "
                        f"pass data_files=... with local copies ({hint})")
 

@@ -194,11 +194,15 @@ def _json_records(path: Path, text: str, columns: list[str]) -> list[dict]:
         raise CorpusError(f"text_file: {path} is not valid JSON (line {err.lineno}: {err.msg})"
                           ) from None
     for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or any(c not in row for c in columns):
-            raise CorpusError(f"text_file: item {number} of the array in {path} is not an "
-                              f"object with the key(s) {columns}; pass text_column= and "
-                              f"label_column= naming its keys")
+        _check_record(row, columns, f"item {number} of the array in {path}")
     return rows
+
+
+def _check_record(row: Any, columns: list[str], where: str) -> None:
+    """A JSON record must be an object with ``columns``; ``where`` names it in the error."""
+    if not isinstance(row, dict) or any(c not in row for c in columns):
+        raise CorpusError(f"text_file: {where} is not an object with the key(s) {columns}; "
+                          f"pass text_column= and label_column= naming its keys")
 
 
 def read_text_file(path: PathLike, format: str | None = None, text_column: str = "text",
@@ -249,10 +253,7 @@ def read_text_file(path: PathLike, format: str | None = None, text_column: str =
                 raise CorpusError(f"text_file: line {number} of {path} is not valid JSON "
                                   f"({err.msg}){'; the file looks truncated' if last else ''}; "
                                   f"a .jsonl file holds one JSON object a line") from None
-            if not isinstance(row, dict) or any(c not in row for c in columns):
-                raise CorpusError(f"text_file: line {number} of {path} is not an object with "
-                                  f"the key(s) {columns}; pass text_column= and label_column= "
-                                  f"naming its keys")
+            _check_record(row, columns, f"line {number} of {path}")
             rows.append(row)
     kept = [r for r in rows if isinstance(r[text_column], str) and r[text_column].strip()]
     if not kept:

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import datasets
 
-from metabook.corpora.benchmarks import _is_unreachable, _offline
+from metabook.corpora.benchmarks import _is_unreachable, _offline, _offline_note
 from metabook.corpora.files import PathLike
 from metabook.errors import CorpusError
 
@@ -118,14 +118,13 @@ def _load(path: PathLike, name: str | None, split: str, data_files: Any, revisio
     except FileNotFoundError as err:
         if Path(str(path)).expanduser().exists() or data_files is not None:
             raise CorpusError(f"huggingface: {where}: {str(err).splitlines()[0]}") from None
-        raise _no_copy(where, "it is neither a local file or folder nor a dataset on the hub"
-                       if not _offline() else "offline mode: HF_DATASETS_OFFLINE or "
-                       "HF_HUB_OFFLINE is set") from None
+        raise _no_copy(where, "the Hugging Face Hub could not be reached" + _offline_note()
+                       if _offline() else "it is neither a local file or folder nor a dataset "
+                       "on the hub") from None
     except Exception as err:  # noqa: BLE001 - the hub's errors have no common base class
         if _offline() or _is_unreachable(err) or "offline" in str(err).lower():
             raise _no_copy(where, "the Hugging Face Hub could not be reached"
-                           + (" (offline mode: HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set)"
-                              if _offline() else "")) from None
+                           + _offline_note()) from None
         raise
 
 
@@ -141,8 +140,6 @@ def _with_text(ds: datasets.Dataset, text_column: str, where: str) -> datasets.D
     if text_column not in ds.column_names:
         raise CorpusError(f"huggingface: {where} has no column {text_column!r}; its columns are "
                           f"{ds.column_names}: pass text_column= the one that holds the text")
-    if text_column != "text" and "text" in ds.column_names:
-        ds = ds.remove_columns("text")  # the text is the column asked for, not this one
     texts = ds[text_column]
     bad = next((t for t in texts if not (t is None or isinstance(t, str) or _words(t))), "")
     if bad != "":
@@ -152,7 +149,7 @@ def _with_text(ds: datasets.Dataset, text_column: str, where: str) -> datasets.D
     columns = {"text": ["" if t is None else t if isinstance(t, str) else " ".join(t)
                         for t in texts]}
     for column, feature in ds.features.items():
-        if column == text_column:
+        if column in (text_column, "text"):  # the text is the column asked for, not "text"
             continue
         if isinstance(feature, datasets.ClassLabel):  # ids -> names; -1 (no label) -> ""
             columns[column] = [feature.int2str(i) if i is not None and i >= 0 else ""
