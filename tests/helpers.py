@@ -68,6 +68,13 @@ def finite_difference_check(learner: nn.Module, task: Task, directions: int = 3,
     return worst
 
 
+def feature_task(seed: int, k: int = 2, q: int = 3, dim: int = 5) -> Task:
+    """An N_WAY-way task of Gaussian feature vectors, ``k`` support and ``q`` query per class."""
+    g = torch.Generator().manual_seed(seed)
+    return Task(torch.randn(N_WAY * k, dim, generator=g), torch.arange(N_WAY).repeat(k),
+                torch.randn(N_WAY * q, dim, generator=g), torch.arange(N_WAY).repeat(q))
+
+
 class MetaBatch(nn.Module):
     """A learner's meta-batch loss behind ``meta_loss``, the interface
     :func:`finite_difference_check` probes."""

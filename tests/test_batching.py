@@ -20,7 +20,7 @@ from metabook.learners import MAML, FirstOrderMAML, MetaSGD, Reptile
 from metabook.models import HFEncoder, ResidualMLP, TextClassifier, TextEncoder, tiny_bert
 from metabook.tasks import Task
 
-from tests.helpers import (DIM, N_WAY, VOCAB, MetaBatch, attention_model,
+from tests.helpers import (DIM, N_WAY, VOCAB, MetaBatch, attention_model, feature_task,
                            finite_difference_check, text_task)
 
 # transformers 5 builds BERT's attention mask with value-dependent branches that vmap cannot
@@ -37,12 +37,6 @@ def no_fallback():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         yield
-
-
-def _feature_task(seed: int, k: int = 2, q: int = 3, dim: int = 5) -> Task:
-    g = torch.Generator().manual_seed(seed)
-    return Task(torch.randn(N_WAY * k, dim, generator=g), torch.arange(N_WAY).repeat(k),
-                torch.randn(N_WAY * q, dim, generator=g), torch.arange(N_WAY).repeat(q))
 
 
 class _PreparedMaskEncoder(HFEncoder):
@@ -69,7 +63,7 @@ def _text_tasks(n: int = 3) -> list[Task]:
 
 
 def _feature_tasks(n: int = 3) -> list[Task]:
-    return [_feature_task(s) for s in range(n)]
+    return [feature_task(s) for s in range(n)]
 
 
 def _meta_gradient(learner: nn.Module, tasks: list[Task]) -> tuple[float, list[torch.Tensor]]:
@@ -137,7 +131,7 @@ def test_batched_adapt_gives_every_task_its_own_adaptation():
 
 
 def test_tasks_of_different_shapes_are_looped_without_a_warning(no_fallback):
-    tasks = [_feature_task(0, k=2), _feature_task(1, k=3)]
+    tasks = [feature_task(0, k=2), feature_task(1, k=3)]
     assert stack_tasks(tasks) is None
     model = ResidualMLP(5, hidden=8, depth=1, out_dim=N_WAY)
     loss_fn = make_loss_fn(model, F.cross_entropy)
@@ -160,7 +154,7 @@ def test_learners_that_adapt_their_own_way_refuse_batching():
 
 def test_dropout_draws_a_different_mask_for_every_task():
     model = nn.Sequential(nn.Linear(5, 64), nn.Dropout(0.5), nn.Linear(64, N_WAY))
-    stacked = stack_tasks([_feature_task(0)] * 4)  # four copies of one task
+    stacked = stack_tasks([feature_task(0)] * 4)  # four copies of one task
     params = {n: p.expand(4, *p.shape) for n, p in params_of(model).items()}
     losses = batched_loss(make_loss_fn(model, F.cross_entropy))(params, stacked.support_x,
                                                                  stacked.support_y)

@@ -10,7 +10,8 @@ from metabook.errors import ConfigError
 from metabook.learners import MAML, FirstOrderMAML, MetaSGD, Reptile
 from metabook.models import ResidualMLP
 from metabook.tasks import Task
-from tests.helpers import N_WAY, MetaBatch, attention_model, finite_difference_check, text_task
+from tests.helpers import (N_WAY, MetaBatch, attention_model, feature_task,
+                           finite_difference_check, text_task)
 
 pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
@@ -22,12 +23,7 @@ def uncompiled(monkeypatch):
 
 
 def _tasks(n: int = 3) -> list[Task]:
-    out = []
-    for seed in range(n):
-        g = torch.Generator().manual_seed(seed)
-        out.append(Task(torch.randn(N_WAY * 2, 5, generator=g), torch.arange(N_WAY).repeat(2),
-                        torch.randn(N_WAY * 3, 5, generator=g), torch.arange(N_WAY).repeat(3)))
-    return out
+    return [feature_task(seed) for seed in range(n)]
 
 
 def _mlp() -> ResidualMLP:
