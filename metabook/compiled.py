@@ -27,12 +27,12 @@ on the loss it returns fills ``.grad`` as the loop does, equal up to rounding
     >>> sorted(grads)
     ['bias', 'weight']
 
-**The cost.** Compiling takes time once per learner and task shape: about 1 to 2
-minutes on two CPU cores for ``make bench``'s model with five second-order inner
-steps, and needs a C++ compiler on CPUs. A meta-step after that was about three
-times faster than the loop on that model (``make bench``; see
-``benchmarks/results/meta_step.json``). So it pays off for long runs, not for a
-chapter's few hundred steps. Each new shape of a task's tensors compiles again, so
+**The cost.** Compiling takes time once per learner and task shape, and needs a
+C++ compiler on CPUs. ``make bench`` measures both sides on its model with five
+second-order inner steps: the first step's time (``first_step_s``) and the steps
+after it, against the peers (``benchmarks/results/meta_step.json``, shown in
+Chapter 7). The compile is paid once per run, the steps every time, so it pays off
+for long runs, not for a chapter's few hundred steps. Each new shape of a task's tensors compiles again, so
 it suits tasks of fixed shape (feature vectors, or token ids padded to one length)
 rather than text tasks trimmed to each batch's longest sentence. If compiling
 fails, metabook says so once and takes the meta-gradient without compiling.

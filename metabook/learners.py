@@ -108,7 +108,7 @@ class GradientLearner(Learner):
     meta-gradient ``chunk_size`` tasks at a time, so that memory holds one chunk's
     graph (default: :func:`metabook.batching.auto_chunk_size`'s rule). With
     ``compiled=True`` it takes each task's meta-gradient as one compiled program
-    instead (:mod:`metabook.compiled`: minutes to compile, then faster steps).
+    instead (:mod:`metabook.compiled`: a compile on the first step, then lighter steps).
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, steps: int = 1,
